@@ -1,0 +1,214 @@
+//! The pure decision for one request: route, route IP allowlist, credential, record, state,
+//! key IP allowlist, environment, tenant, scopes, in that order. The only I/O is the record
+//! lookup, through [`Records`] (cache, then store); the clock is an argument.
+
+use std::collections::HashMap;
+use std::rc::Rc;
+
+use crate::credential::{self, CredentialError, Found, HeaderSource};
+use crate::ip::ClientIp;
+use crate::key::{ApiKey, Environment, HashError, KeyHasher, KeyId};
+use crate::policy::{DefaultAction, Policy, Route, path_segments};
+use crate::record::{KeyRecord, Status};
+use crate::scope::granted;
+use crate::store::{KvStore, LookupError, Records};
+use crate::time::Timestamp;
+
+/// What the edge knows about a request, already reduced to plain values.
+pub struct RequestFacts<'a, H: ?Sized> {
+    pub method: &'a str,
+    /// The raw (still percent-encoded) URL path.
+    pub path: &'a str,
+    pub query: Option<&'a str>,
+    pub headers: &'a H,
+    /// From `CF-Connecting-IP` only; `None` when absent or invalid.
+    pub client_ip: Option<ClientIp>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Denial {
+    NoRoute,
+    IpNotAllowed,
+    MissingKey,
+    MalformedKey,
+    AmbiguousKey,
+    InvalidKey,
+    ExpiredKey,
+    RevokedKey,
+    DisabledKey,
+    InsufficientScope { required: Vec<String> },
+    TenantNotAllowed,
+    EnvironmentNotAllowed,
+    StoreUnavailable,
+    /// A stored record that does not parse. Denied, and logged by the edge.
+    RecordInvalid(KeyId),
+    /// A record hashed with a pepper this deployment lacks. Denied, and logged.
+    PepperMissing(KeyId),
+}
+
+/// Who the caller is, for the origin (`X-Key-*` headers).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Principal {
+    pub key_id: KeyId,
+    pub scopes: Vec<String>,
+    pub environment: Environment,
+    pub tenant: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Forward {
+    /// `None` on public routes and, with `default = "allow"`, unmatched paths.
+    pub principal: Option<Principal>,
+    /// Where the credential was, so it can be removed before forwarding.
+    pub credential: Found,
+    /// When set, the key stops working then: the response carries `Sunset`.
+    pub sunset: Option<Timestamp>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Decision {
+    Forward(Forward),
+    Deny(Denial),
+}
+
+pub struct Gateway {
+    pub policy: Policy,
+    pub hasher: KeyHasher,
+}
+
+impl Gateway {
+    pub async fn decide<S: KvStore, H: HeaderSource + ?Sized>(
+        &self,
+        req: &RequestFacts<'_, H>,
+        records: &Records<'_, S>,
+        now: Timestamp,
+    ) -> Decision {
+        match self.check(req, records, now).await {
+            Ok(f) => Decision::Forward(f),
+            Err(d) => Decision::Deny(d),
+        }
+    }
+
+    async fn check<S: KvStore, H: HeaderSource + ?Sized>(
+        &self,
+        req: &RequestFacts<'_, H>,
+        records: &Records<'_, S>,
+        now: Timestamp,
+    ) -> Result<Forward, Denial> {
+        let segments = path_segments(req.path).ok_or(Denial::NoRoute)?;
+        let Some((route, params)) = self.policy.route(req.method, &segments) else {
+            return match self.policy.default {
+                DefaultAction::Deny => Err(Denial::NoRoute),
+                DefaultAction::Allow => Ok(Forward { principal: None, credential: Found::default(), sunset: None }),
+            };
+        };
+        // Before any credential or storage work: blocked addresses cost nothing.
+        if !route.ip_allowlist.is_empty() && !route.ip_allowlist.admits(req.client_ip) {
+            return Err(Denial::IpNotAllowed);
+        }
+        if route.public {
+            return Ok(Forward { principal: None, credential: Found::default(), sunset: None });
+        }
+        let (credential, found) = credential::extract(&self.policy.credentials, req.headers, req.query);
+        let record = self.authenticate(credential, records, now).await?;
+        let tenant = authorize(route, &params, &record, req.client_ip)?;
+        Ok(Forward {
+            principal: Some(Principal {
+                key_id: record.id.clone(),
+                scopes: record.scopes.iter().map(ToString::to_string).collect(),
+                environment: record.environment,
+                tenant,
+            }),
+            credential: found,
+            sunset: self.sunset(&record, now),
+        })
+    }
+
+    /// From a credential string to a live record: shape and checksum, lookup, constant-time hash
+    /// check, then state. Unknown ids and hash mismatches take the same path to `InvalidKey`.
+    pub async fn authenticate<S: KvStore>(
+        &self,
+        credential: Result<String, CredentialError>,
+        records: &Records<'_, S>,
+        now: Timestamp,
+    ) -> Result<Rc<KeyRecord>, Denial> {
+        let credential = credential.map_err(|e| match e {
+            CredentialError::Missing => Denial::MissingKey,
+            CredentialError::Malformed => Denial::MalformedKey,
+            CredentialError::Ambiguous => Denial::AmbiguousKey,
+        })?;
+        let key = ApiKey::parse(&credential, &self.policy.key_prefix).ok_or(Denial::MalformedKey)?;
+        let record = match records.get(key.id(), now).await {
+            Ok(r) => r,
+            Err(LookupError::Store(_)) => return Err(Denial::StoreUnavailable),
+            Err(LookupError::Corrupt(id)) => return Err(Denial::RecordInvalid(id)),
+        };
+        let verified = match &record {
+            Some(r) => self.hasher.verify(&key, r.hash_version, &r.hash),
+            None => Ok(false),
+        };
+        let record = match (record, verified) {
+            (Some(r), Ok(true)) if r.environment == key.environment() => r,
+            (Some(r), Err(HashError::PepperMissing)) => return Err(Denial::PepperMissing(r.id.clone())),
+            _ => return Err(Denial::InvalidKey),
+        };
+        match record.status(now) {
+            Status::Active => Ok(record),
+            Status::Revoked => Err(Denial::RevokedKey),
+            Status::Disabled => Err(Denial::DisabledKey),
+            Status::Expired => Err(Denial::ExpiredKey),
+        }
+    }
+
+    /// Expiry is announced within the warning window, and throughout a rotation's grace period.
+    pub fn sunset(&self, record: &KeyRecord, now: Timestamp) -> Option<Timestamp> {
+        let expires = record.expires_at?;
+        let window = now.plus_seconds(i64::from(self.policy.expiry_warning_seconds));
+        (record.rotated_to.is_some() || expires <= window).then_some(expires)
+    }
+}
+
+/// The key's IP allowlist admits the caller (a list that applies and no address: no).
+pub fn key_ip_allowed(record: &KeyRecord, ip: Option<ClientIp>) -> bool {
+    record.ip_allowlist.is_empty() || record.ip_allowlist.admits(ip)
+}
+
+/// Route-specific checks on an authenticated key. Returns the matched tenant, if any.
+fn authorize(
+    route: &Route,
+    params: &HashMap<String, String>,
+    record: &KeyRecord,
+    ip: Option<ClientIp>,
+) -> Result<Option<String>, Denial> {
+    if !key_ip_allowed(record, ip) {
+        return Err(Denial::IpNotAllowed);
+    }
+    if let Some(envs) = &route.environments {
+        if !envs.contains(&record.environment) {
+            return Err(Denial::EnvironmentNotAllowed);
+        }
+    }
+    let tenant = match &route.tenant_param {
+        None => None,
+        Some(p) => {
+            let value = params.get(p).ok_or(Denial::TenantNotAllowed)?;
+            if !record.tenants.iter().any(|t| t == value) {
+                return Err(Denial::TenantNotAllowed);
+            }
+            Some(value.clone())
+        }
+    };
+    let has = |t: &crate::scope::ScopeTemplate| t.render(params).is_some_and(|s| granted(&record.scopes, &s));
+    let all_ok = route.scopes.iter().all(has);
+    let any_ok = route.any_scopes.is_empty() || route.any_scopes.iter().any(has);
+    if !(all_ok && any_ok) {
+        let required = route
+            .scopes
+            .iter()
+            .chain(&route.any_scopes)
+            .map(|t| t.describe(params))
+            .collect();
+        return Err(Denial::InsufficientScope { required });
+    }
+    Ok(tenant)
+}

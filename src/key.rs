@@ -1,0 +1,362 @@
+//! API keys: their format (prefix, environment, public id, secret, checksum), generation from a
+//! CSPRNG, strict parsing, and the versioned hash that is the only thing ever stored.
+//!
+//! Format: `{prefix}_{env}_{id}_{secret}_{crc}`, for example
+//! `kg_live_3f9a0c1d2b4e5f60_<64 hex>_1a2b3c4d`.
+//! - `prefix`: 1-16 of `[a-z0-9]`, configurable in the policy (`key_prefix`, default `kg`).
+//! - `env`: `live` or `test`.
+//! - `id`: the public key id, 16 lowercase hex digits (64 random bits). It names the KV record.
+//! - `secret`: 64 lowercase hex digits (256 random bits from the platform CSPRNG).
+//! - `crc`: CRC32 of everything before it, 8 lowercase hex digits, so that a mistyped or
+//!   truncated key is rejected without any storage read (like GitHub's token checksums).
+
+use std::fmt;
+
+use hmac::{Hmac, Mac};
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+use subtle::ConstantTimeEq;
+
+pub const DEFAULT_PREFIX: &str = "kg";
+const ID_HEX: usize = 16;
+const SECRET_HEX: usize = 64;
+/// Longest string worth looking at; anything longer is malformed before any other work.
+const MAX_KEY_LEN: usize = 160;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Environment {
+    Live,
+    Test,
+}
+
+impl Environment {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Environment::Live => "live",
+            Environment::Test => "test",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "live" => Some(Environment::Live),
+            "test" => Some(Environment::Test),
+            _ => None,
+        }
+    }
+}
+
+/// The public id of a key. Once held, it is safe to use inside a storage key: 16 lowercase hex.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+#[serde(transparent)]
+pub struct KeyId(String);
+
+impl KeyId {
+    pub fn parse(s: &str) -> Option<Self> {
+        is_lower_hex(s, ID_HEX).then(|| KeyId(s.to_owned()))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    pub fn random() -> Result<Self, RandomError> {
+        Ok(KeyId(hex::encode(random_bytes::<8>()?)))
+    }
+}
+
+impl<'de> Deserialize<'de> for KeyId {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        KeyId::parse(&s).ok_or_else(|| serde::de::Error::custom("invalid key id"))
+    }
+}
+
+impl fmt::Display for KeyId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// The prefix keys carry, validated once when the policy loads.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KeyPrefix(String);
+
+impl KeyPrefix {
+    pub fn parse(s: &str) -> Option<Self> {
+        let ok = (1..=16).contains(&s.len())
+            && s.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit());
+        ok.then(|| KeyPrefix(s.to_owned()))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl Default for KeyPrefix {
+    fn default() -> Self {
+        KeyPrefix(DEFAULT_PREFIX.to_owned())
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RandomError;
+
+fn random_bytes<const N: usize>() -> Result<[u8; N], RandomError> {
+    let mut buf = [0u8; N];
+    getrandom::fill(&mut buf).map_err(|_| RandomError)?;
+    Ok(buf)
+}
+
+/// Random hex of `n` bytes, for ids that are not key ids (audit events).
+pub fn random_hex(n: usize) -> Result<String, RandomError> {
+    let mut buf = vec![0u8; n];
+    getrandom::fill(&mut buf).map_err(|_| RandomError)?;
+    Ok(hex::encode(buf))
+}
+
+/// A well-formed API key. Its `Debug` never shows the secret.
+#[derive(Clone, PartialEq, Eq)]
+pub struct ApiKey {
+    full: String,
+    id: KeyId,
+    environment: Environment,
+}
+
+impl fmt::Debug for ApiKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "ApiKey({}, {}, <redacted>)", self.environment.as_str(), self.id)
+    }
+}
+
+fn is_lower_hex(s: &str, len: usize) -> bool {
+    s.len() == len && s.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
+}
+
+fn checksum(body: &str) -> String {
+    format!("{:08x}", crc32fast::hash(body.as_bytes()))
+}
+
+impl ApiKey {
+    /// A fresh key with a new id and 256 bits of secret.
+    pub fn generate(prefix: &KeyPrefix, environment: Environment) -> Result<Self, RandomError> {
+        let id = KeyId::random()?;
+        let secret = hex::encode(random_bytes::<32>()?);
+        let body = format!("{}_{}_{}_{}", prefix.as_str(), environment.as_str(), id, secret);
+        let full = format!("{body}_{}", checksum(&body));
+        Ok(ApiKey {
+            full,
+            id,
+            environment,
+        })
+    }
+
+    /// Strict parse: exact shape, expected prefix, valid checksum. No storage is touched.
+    pub fn parse(s: &str, prefix: &KeyPrefix) -> Option<Self> {
+        if s.len() > MAX_KEY_LEN {
+            return None;
+        }
+        let (body, crc) = s.rsplit_once('_')?;
+        let mut parts = body.split('_');
+        let (p, env, id, secret) = (parts.next()?, parts.next()?, parts.next()?, parts.next()?);
+        if parts.next().is_some() || p != prefix.as_str() {
+            return None;
+        }
+        let environment = Environment::parse(env)?;
+        let id = KeyId::parse(id)?;
+        if !is_lower_hex(secret, SECRET_HEX) || !is_lower_hex(crc, 8) {
+            return None;
+        }
+        let expected = checksum(body);
+        if !bool::from(expected.as_bytes().ct_eq(crc.as_bytes())) {
+            return None;
+        }
+        Some(ApiKey {
+            full: s.to_owned(),
+            id,
+            environment,
+        })
+    }
+
+    pub fn id(&self) -> &KeyId {
+        &self.id
+    }
+
+    pub fn environment(&self) -> Environment {
+        self.environment
+    }
+
+    /// The plaintext. Only the issuing response may carry it.
+    pub fn expose(&self) -> &str {
+        &self.full
+    }
+}
+
+/// How a stored hash was made. Kept in each record so a pepper can arrive later.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum HashVersion {
+    /// SHA-256 of the whole key, hex.
+    Sha256,
+    /// HMAC-SHA-256 of the whole key, keyed with `KEY_PEPPER`, hex.
+    HmacSha256,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HashError {
+    /// The record was hashed with a pepper that this deployment does not have.
+    PepperMissing,
+}
+
+/// Hashes keys for storage and verifies them in constant time.
+#[derive(Clone, Default)]
+pub struct KeyHasher {
+    pepper: Option<Vec<u8>>,
+}
+
+impl fmt::Debug for KeyHasher {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "KeyHasher(pepper: {})", self.pepper.is_some())
+    }
+}
+
+impl KeyHasher {
+    pub fn new(pepper: Option<&str>) -> Self {
+        KeyHasher {
+            pepper: pepper.filter(|p| !p.is_empty()).map(|p| p.as_bytes().to_vec()),
+        }
+    }
+
+    /// The version new keys are stored with.
+    pub fn current_version(&self) -> HashVersion {
+        if self.pepper.is_some() {
+            HashVersion::HmacSha256
+        } else {
+            HashVersion::Sha256
+        }
+    }
+
+    pub fn hash(&self, key: &ApiKey) -> (HashVersion, String) {
+        let version = self.current_version();
+        // current_version guarantees the pepper for HmacSha256.
+        let digest = self.digest(key, version).unwrap_or_default();
+        (version, hex::encode(digest))
+    }
+
+    fn digest(&self, key: &ApiKey, version: HashVersion) -> Result<Vec<u8>, HashError> {
+        match version {
+            HashVersion::Sha256 => Ok(Sha256::digest(key.expose().as_bytes()).to_vec()),
+            HashVersion::HmacSha256 => {
+                let pepper = self.pepper.as_deref().ok_or(HashError::PepperMissing)?;
+                let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(pepper)
+                    .map_err(|_| HashError::PepperMissing)?;
+                mac.update(key.expose().as_bytes());
+                Ok(mac.finalize().into_bytes().to_vec())
+            }
+        }
+    }
+
+    /// Constant-time comparison of the key's hash with the stored hex hash.
+    pub fn verify(&self, key: &ApiKey, version: HashVersion, stored_hex: &str) -> Result<bool, HashError> {
+        let digest = self.digest(key, version)?;
+        let stored = hex::decode(stored_hex).unwrap_or_default();
+        Ok(stored.len() == digest.len() && bool::from(digest.ct_eq(&stored)))
+    }
+}
+
+/// Constant-time equality of two secrets of any length (compares their SHA-256 digests, so the
+/// length of the expected secret does not leak either).
+pub fn secret_eq(given: &str, expected: &str) -> bool {
+    let a = Sha256::digest(given.as_bytes());
+    let b = Sha256::digest(expected.as_bytes());
+    bool::from(a.ct_eq(&b))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn prefix() -> KeyPrefix {
+        KeyPrefix::default()
+    }
+
+    #[test]
+    fn generated_key_parses_back() {
+        let key = ApiKey::generate(&prefix(), Environment::Test).unwrap();
+        let parsed = ApiKey::parse(key.expose(), &prefix()).unwrap();
+        assert_eq!(parsed, key);
+        assert_eq!(parsed.environment(), Environment::Test);
+        assert!(key.expose().starts_with("kg_test_"));
+        // 256 bits of secret, hex encoded.
+        assert_eq!(key.expose().split('_').nth(3).unwrap().len(), 64);
+    }
+
+    #[test]
+    fn debug_never_shows_the_secret() {
+        let key = ApiKey::generate(&prefix(), Environment::Live).unwrap();
+        let secret = key.expose().split('_').nth(3).unwrap().to_owned();
+        assert!(!format!("{key:?}").contains(&secret));
+    }
+
+    #[test]
+    fn wrong_prefix_truncation_and_typos_are_rejected() {
+        let key = ApiKey::generate(&prefix(), Environment::Live).unwrap();
+        let s = key.expose();
+        assert!(ApiKey::parse(s, &KeyPrefix::parse("other").unwrap()).is_none());
+        assert!(ApiKey::parse(&s[..s.len() - 1], &prefix()).is_none());
+        assert!(ApiKey::parse(&format!("{s}x"), &prefix()).is_none());
+        assert!(ApiKey::parse("", &prefix()).is_none());
+        assert!(ApiKey::parse(&s.to_uppercase(), &prefix()).is_none());
+        let swapped = s.replacen("_live_", "_test_", 1);
+        assert!(ApiKey::parse(&swapped, &prefix()).is_none(), "checksum covers the environment");
+    }
+
+    #[test]
+    fn hash_versions_verify_and_differ() {
+        let key = ApiKey::generate(&prefix(), Environment::Live).unwrap();
+        let plain = KeyHasher::new(None);
+        let peppered = KeyHasher::new(Some("pepper"));
+        let (v1, h1) = plain.hash(&key);
+        let (v2, h2) = peppered.hash(&key);
+        assert_eq!(v1, HashVersion::Sha256);
+        assert_eq!(v2, HashVersion::HmacSha256);
+        assert_eq!(h1, hex::encode(Sha256::digest(key.expose().as_bytes())));
+        assert_ne!(h1, h2);
+        assert!(plain.verify(&key, v1, &h1).unwrap());
+        // A pepper introduced later still verifies the old SHA-256 records.
+        assert!(peppered.verify(&key, v1, &h1).unwrap());
+        assert!(peppered.verify(&key, v2, &h2).unwrap());
+        assert_eq!(plain.verify(&key, v2, &h2), Err(HashError::PepperMissing));
+        assert!(!peppered.verify(&key, v2, &h1).unwrap());
+        assert!(!plain.verify(&key, v1, "zz").unwrap());
+    }
+
+    #[test]
+    fn secret_eq_compares_exactly() {
+        assert!(secret_eq("abc", "abc"));
+        assert!(!secret_eq("abc", "abd"));
+        assert!(!secret_eq("", "abc"));
+    }
+
+    proptest! {
+        #[test]
+        fn any_single_character_change_is_rejected(pos in 0usize..110, c in proptest::char::range('0', 'z')) {
+            let key = ApiKey::generate(&prefix(), Environment::Live).unwrap();
+            let s = key.expose();
+            let pos = pos % s.len();
+            let mut bytes = s.as_bytes().to_vec();
+            prop_assume!(bytes[pos] != c as u8);
+            bytes[pos] = c as u8;
+            let changed = String::from_utf8(bytes).unwrap();
+            prop_assert!(ApiKey::parse(&changed, &prefix()).is_none());
+        }
+
+        #[test]
+        fn random_strings_never_parse(s in "\\PC{0,120}") {
+            prop_assert!(ApiKey::parse(&s, &prefix()).is_none());
+        }
+    }
+}

@@ -1,0 +1,21 @@
+//! keygate: an API-key gateway for Cloudflare Workers. Everything but `edge` is plain Rust that
+//! builds and tests natively; `edge` adapts it to workers-rs and exists only on wasm32.
+
+pub mod admin;
+pub mod cache;
+pub mod credential;
+pub mod decide;
+pub mod ip;
+pub mod key;
+pub mod policy;
+pub mod problem;
+pub mod record;
+pub mod scope;
+pub mod store;
+pub mod time;
+
+#[cfg(target_arch = "wasm32")]
+mod edge;
+
+/// The crate version, reported by `GET /healthz`.
+pub const VERSION: &str = env!("CARGO_PKG_VERSION");

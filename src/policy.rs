@@ -1,0 +1,434 @@
+//! The route policy: parsed once from the `POLICY` var, validated strictly, then matched per
+//! request. An invalid policy is an error, and the edge then answers every request 500
+//! `policy_invalid` (fail closed).
+//!
+//! Path patterns: `/a/{name}/b` where `{name}` matches exactly one non-empty segment, and a
+//! final `/*` matches the rest (zero or more segments). Paths are matched segment by segment
+//! after percent-decoding each segment, with empty segments (`//`) ignored, so that encoded or
+//! doubled slashes cannot slip past a rule the origin would apply. A path whose encoding is
+//! invalid matches no route.
+
+use std::collections::{HashMap, HashSet};
+use std::fmt;
+
+use serde::Deserialize;
+
+use crate::ip::IpAllowlist;
+use crate::key::{Environment, KeyPrefix};
+use crate::scope::{ScopeTemplate, is_segment};
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PolicyError(pub String);
+
+impl fmt::Display for PolicyError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum DefaultAction {
+    #[default]
+    Deny,
+    Allow,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PolicyDoc {
+    #[serde(default)]
+    default: DefaultAction,
+    key_prefix: Option<String>,
+    #[serde(default)]
+    credentials: CredentialDoc,
+    cache_ttl_seconds: Option<u32>,
+    negative_cache_ttl_seconds: Option<u32>,
+    expiry_warning_seconds: Option<u32>,
+    realm: Option<String>,
+    #[serde(default)]
+    routes: Vec<RouteDoc>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct CredentialDoc {
+    bearer_header: Option<String>,
+    api_key_header: Option<String>,
+    query_param: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RouteDoc {
+    methods: Option<Vec<String>>,
+    path: String,
+    #[serde(default)]
+    scopes: Vec<String>,
+    #[serde(default)]
+    any_scopes: Vec<String>,
+    #[serde(default)]
+    ip_allowlist: Vec<String>,
+    environments: Option<Vec<Environment>>,
+    tenant_param: Option<String>,
+    #[serde(default)]
+    public: bool,
+}
+
+/// Where credentials are read from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CredentialConfig {
+    /// Header carrying `Bearer <key>`, lowercase.
+    pub bearer_header: String,
+    /// Header carrying the bare key, lowercase.
+    pub api_key_header: String,
+    /// Query parameter carrying the key; off (`None`) unless the policy opts in.
+    pub query_param: Option<String>,
+}
+
+#[derive(Debug, Clone)]
+pub struct Policy {
+    pub default: DefaultAction,
+    pub key_prefix: KeyPrefix,
+    pub credentials: CredentialConfig,
+    pub cache_ttl_seconds: u32,
+    pub negative_cache_ttl_seconds: u32,
+    pub expiry_warning_seconds: u32,
+    pub realm: String,
+    pub routes: Vec<Route>,
+}
+
+pub const DEFAULT_CACHE_TTL: u32 = 10;
+pub const MAX_CACHE_TTL: u32 = 300;
+pub const DEFAULT_NEGATIVE_TTL: u32 = 5;
+pub const DEFAULT_EXPIRY_WARNING: u32 = 7 * 24 * 3600;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum PSeg {
+    Lit(String),
+    Param(String),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RoutePattern {
+    segs: Vec<PSeg>,
+    rest: bool,
+    source: String,
+}
+
+impl RoutePattern {
+    pub fn parse(path: &str) -> Result<Self, PolicyError> {
+        let err = |why: &str| PolicyError(format!("path {path:?}: {why}"));
+        let body = path.strip_prefix('/').ok_or_else(|| err("must start with /"))?;
+        let (body, rest) = match body.strip_suffix('*') {
+            Some(b) if b.is_empty() || b.ends_with('/') => (b.trim_end_matches('/'), true),
+            Some(_) => return Err(err("`*` is only allowed as a whole final segment")),
+            None => (body, false),
+        };
+        let mut segs = Vec::new();
+        let mut names = HashSet::new();
+        for seg in body.split('/').filter(|s| !s.is_empty()) {
+            if let Some(name) = seg.strip_prefix('{').and_then(|s| s.strip_suffix('}')) {
+                if !is_segment(name) {
+                    return Err(err(&format!("invalid parameter name {name:?}")));
+                }
+                if !names.insert(name) {
+                    return Err(err(&format!("parameter {name:?} appears twice")));
+                }
+                segs.push(PSeg::Param(name.to_owned()));
+            } else if seg.contains(['{', '}', '*', '%', '?', '#']) {
+                return Err(err(&format!("invalid segment {seg:?}")));
+            } else {
+                segs.push(PSeg::Lit(seg.to_owned()));
+            }
+        }
+        Ok(RoutePattern {
+            segs,
+            rest,
+            source: path.to_owned(),
+        })
+    }
+
+    pub fn has_param(&self, name: &str) -> bool {
+        self.segs.iter().any(|s| matches!(s, PSeg::Param(p) if p == name))
+    }
+
+    /// Match decoded path segments; on success, the path parameters.
+    pub fn matches(&self, path: &[String]) -> Option<HashMap<String, String>> {
+        if path.len() < self.segs.len() || (!self.rest && path.len() != self.segs.len()) {
+            return None;
+        }
+        let mut params = HashMap::new();
+        for (p, s) in self.segs.iter().zip(path) {
+            match p {
+                PSeg::Lit(l) if l == s => {}
+                PSeg::Lit(_) => return None,
+                PSeg::Param(name) => {
+                    params.insert(name.clone(), s.clone());
+                }
+            }
+        }
+        Some(params)
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Route {
+    pub index: usize,
+    pub methods: Option<Vec<String>>,
+    pub pattern: RoutePattern,
+    pub scopes: Vec<ScopeTemplate>,
+    pub any_scopes: Vec<ScopeTemplate>,
+    pub ip_allowlist: IpAllowlist,
+    pub environments: Option<Vec<Environment>>,
+    pub tenant_param: Option<String>,
+    pub public: bool,
+}
+
+impl Route {
+    fn allows_method(&self, method: &str) -> bool {
+        self.methods
+            .as_ref()
+            .is_none_or(|ms| ms.iter().any(|m| m.eq_ignore_ascii_case(method)))
+    }
+}
+
+/// Splits a raw URL path into percent-decoded segments, skipping empty ones. `None` when the
+/// encoding is invalid (bad escape or not UTF-8).
+pub fn path_segments(raw: &str) -> Option<Vec<String>> {
+    raw.split('/')
+        .filter(|s| !s.is_empty())
+        .map(percent_decode)
+        .collect()
+}
+
+fn percent_decode(s: &str) -> Option<String> {
+    if !s.contains('%') {
+        return Some(s.to_owned());
+    }
+    let mut out = Vec::with_capacity(s.len());
+    let mut bytes = s.bytes();
+    while let Some(b) = bytes.next() {
+        if b == b'%' {
+            let hi = (bytes.next()? as char).to_digit(16)?;
+            let lo = (bytes.next()? as char).to_digit(16)?;
+            out.push(u8::try_from(hi * 16 + lo).ok()?);
+        } else {
+            out.push(b);
+        }
+    }
+    String::from_utf8(out).ok()
+}
+
+fn header_name(raw: Option<String>, default: &str, what: &str) -> Result<String, PolicyError> {
+    let name = raw.unwrap_or_else(|| default.to_owned());
+    let ok = !name.is_empty()
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-');
+    if !ok {
+        return Err(PolicyError(format!("{what} {name:?} is not a valid header name")));
+    }
+    Ok(name.to_ascii_lowercase())
+}
+
+impl Policy {
+    /// Parse and validate. Every problem is an error: nothing is skipped or fixed up.
+    pub fn from_json(value: &serde_json::Value) -> Result<Self, PolicyError> {
+        let doc: PolicyDoc = match value {
+            // `--var POLICY:...` and secrets arrive as strings.
+            serde_json::Value::String(s) => serde_json::from_str(s),
+            other => serde_json::from_value(other.clone()),
+        }
+        .map_err(|e| PolicyError(e.to_string()))?;
+        let key_prefix = match doc.key_prefix {
+            None => KeyPrefix::default(),
+            Some(p) => KeyPrefix::parse(&p)
+                .ok_or_else(|| PolicyError(format!("key_prefix {p:?}: use 1-16 of [a-z0-9]")))?,
+        };
+        let credentials = CredentialConfig {
+            bearer_header: header_name(doc.credentials.bearer_header, "Authorization", "bearer_header")?,
+            api_key_header: header_name(doc.credentials.api_key_header, "X-API-Key", "api_key_header")?,
+            query_param: match doc.credentials.query_param {
+                Some(q) if is_segment(&q) => Some(q),
+                Some(q) => return Err(PolicyError(format!("query_param {q:?} is not a valid name"))),
+                None => None,
+            },
+        };
+        if credentials.bearer_header == credentials.api_key_header {
+            return Err(PolicyError("bearer_header and api_key_header must differ".into()));
+        }
+        let cache_ttl_seconds = doc.cache_ttl_seconds.unwrap_or(DEFAULT_CACHE_TTL);
+        if cache_ttl_seconds > MAX_CACHE_TTL {
+            return Err(PolicyError(format!("cache_ttl_seconds must be at most {MAX_CACHE_TTL}")));
+        }
+        let negative_cache_ttl_seconds = doc.negative_cache_ttl_seconds.unwrap_or(DEFAULT_NEGATIVE_TTL);
+        if negative_cache_ttl_seconds > MAX_CACHE_TTL {
+            return Err(PolicyError(format!("negative_cache_ttl_seconds must be at most {MAX_CACHE_TTL}")));
+        }
+        let realm = doc.realm.unwrap_or_else(|| "keygate".to_owned());
+        if realm.is_empty() || realm.len() > 64 || !realm.bytes().all(|b| b.is_ascii_graphic() && b != b'"' && b != b'\\') {
+            return Err(PolicyError(format!("realm {realm:?}: use 1-64 printable characters without quotes")));
+        }
+        let routes = doc
+            .routes
+            .into_iter()
+            .enumerate()
+            .map(|(i, r)| Route::from_doc(i, r).map_err(|e| PolicyError(format!("routes[{i}]: {e}"))))
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(Policy {
+            default: doc.default,
+            key_prefix,
+            credentials,
+            cache_ttl_seconds,
+            negative_cache_ttl_seconds,
+            expiry_warning_seconds: doc.expiry_warning_seconds.unwrap_or(DEFAULT_EXPIRY_WARNING),
+            realm,
+            routes,
+        })
+    }
+
+    /// The first route, in file order, whose method and path match.
+    pub fn route(&self, method: &str, path: &[String]) -> Option<(&Route, HashMap<String, String>)> {
+        self.routes.iter().find_map(|r| {
+            if !r.allows_method(method) {
+                return None;
+            }
+            r.pattern.matches(path).map(|p| (r, p))
+        })
+    }
+}
+
+impl Route {
+    fn from_doc(index: usize, r: RouteDoc) -> Result<Self, PolicyError> {
+        let pattern = RoutePattern::parse(&r.path)?;
+        let templates = |list: &[String], what: &str| -> Result<Vec<ScopeTemplate>, PolicyError> {
+            list.iter()
+                .map(|s| {
+                    let t = ScopeTemplate::parse(s).map_err(|e| PolicyError(format!("{what}: {e}")))?;
+                    if let Some(p) = t.params().find(|p| !pattern.has_param(p)) {
+                        return Err(PolicyError(format!("{what}: {{{p}}} is not a parameter of path {:?}", r.path)));
+                    }
+                    Ok(t)
+                })
+                .collect()
+        };
+        let scopes = templates(&r.scopes, "scopes")?;
+        let any_scopes = templates(&r.any_scopes, "any_scopes")?;
+        let ip_allowlist = IpAllowlist::parse(&r.ip_allowlist)
+            .map_err(|(i, e)| PolicyError(format!("ip_allowlist[{i}]: {e}")))?;
+        if let Some(t) = &r.tenant_param {
+            if !pattern.has_param(t) {
+                return Err(PolicyError(format!("tenant_param {t:?} is not a parameter of path {:?}", r.path)));
+            }
+        }
+        let methods = match r.methods {
+            None => None,
+            Some(ms) if ms.is_empty() => return Err(PolicyError("methods is empty; omit it for any method".into())),
+            Some(ms) => {
+                if let Some(bad) = ms.iter().find(|m| m.is_empty() || !m.bytes().all(|b| b.is_ascii_alphabetic())) {
+                    return Err(PolicyError(format!("invalid method {bad:?}")));
+                }
+                Some(ms.into_iter().map(|m| m.to_ascii_uppercase()).collect())
+            }
+        };
+        if r.public
+            && (!scopes.is_empty() || !any_scopes.is_empty() || r.environments.is_some() || r.tenant_param.is_some())
+        {
+            return Err(PolicyError(
+                "a public route takes no key, so it cannot require scopes, environments or a tenant".into(),
+            ));
+        }
+        if let Some(envs) = &r.environments {
+            if envs.is_empty() {
+                return Err(PolicyError("environments is empty: no key could pass".into()));
+            }
+        }
+        Ok(Route {
+            index,
+            methods,
+            pattern,
+            scopes,
+            any_scopes,
+            ip_allowlist,
+            environments: r.environments,
+            tenant_param: r.tenant_param,
+            public: r.public,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn seg(p: &str) -> Vec<String> {
+        path_segments(p).unwrap()
+    }
+
+    #[test]
+    fn patterns() {
+        let p = RoutePattern::parse("/keyrings/{ring}/encrypt").unwrap();
+        assert_eq!(p.matches(&seg("/keyrings/comms/encrypt")).unwrap()["ring"], "comms");
+        assert!(p.matches(&seg("/keyrings/comms")).is_none());
+        assert!(p.matches(&seg("/keyrings/comms/encrypt/x")).is_none());
+        let rest = RoutePattern::parse("/public/*").unwrap();
+        assert!(rest.matches(&seg("/public/a/b")).is_some());
+        assert!(rest.matches(&seg("/public")).is_some());
+        assert!(rest.matches(&seg("/publicity")).is_none());
+        assert!(RoutePattern::parse("/*").unwrap().matches(&seg("/")).is_some());
+        for bad in ["nope", "/a*", "/{x}/{x}", "/{a b}", "/a/*/b", "/%41"] {
+            assert!(RoutePattern::parse(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn decoding_and_doubled_slashes_cannot_dodge_a_route() {
+        let p = RoutePattern::parse("/internal/*").unwrap();
+        assert!(p.matches(&seg("/%69nternal/x")).is_some());
+        assert!(p.matches(&seg("//internal//x")).is_some());
+        assert!(path_segments("/a/%zz").is_none());
+        assert!(path_segments("/a/%ff").is_none());
+        assert_eq!(seg("/a/b%2Fc"), vec!["a", "b/c"]);
+    }
+
+    #[test]
+    fn policy_validation_fails_closed() {
+        let ok = json!({"routes": [{"path": "/k/{ring}", "scopes": ["keyring.{ring}.read"], "tenant_param": "ring"}]});
+        assert!(Policy::from_json(&ok).is_ok());
+        let bad = [
+            json!({"routes": [{"path": "/k", "scopes": ["keyring.{ring}.read"]}]}),
+            json!({"routes": [{"path": "/k", "ip_allowlist": ["10.0.0.1/8"]}]}),
+            json!({"routes": [{"path": "/k", "surprise": true}]}),
+            json!({"routes": [{"path": "k"}]}),
+            json!({"routes": [{"path": "/k", "tenant_param": "org"}]}),
+            json!({"routes": [{"path": "/k", "public": true, "scopes": ["a"]}]}),
+            json!({"routes": [{"path": "/k", "scopes": ["lic*:read"]}]}),
+            json!({"routes": [{"path": "/k", "methods": []}]}),
+            json!({"default": "maybe"}),
+            json!({"key_prefix": "Has_Underscore"}),
+            json!({"credentials": {"bearer_header": "X-Key", "api_key_header": "x-key"}}),
+            json!({"cache_ttl_seconds": 100000}),
+        ];
+        for b in bad {
+            assert!(Policy::from_json(&b).is_err(), "{b}");
+        }
+        // A string holding JSON (from `--var`) is accepted too.
+        assert!(Policy::from_json(&json!(ok.to_string())).is_ok());
+    }
+
+    #[test]
+    fn first_match_in_file_order_wins() {
+        let p = Policy::from_json(&json!({"routes": [
+            {"methods": ["POST"], "path": "/a/*", "scopes": ["w"]},
+            {"path": "/a/{x}", "scopes": ["r"]},
+            {"path": "/a/*", "public": true}
+        ]}))
+        .unwrap();
+        assert_eq!(p.route("post", &seg("/a/b")).unwrap().0.index, 0);
+        assert_eq!(p.route("GET", &seg("/a/b")).unwrap().0.index, 1);
+        assert_eq!(p.route("GET", &seg("/a/b/c")).unwrap().0.index, 2);
+        assert!(p.route("GET", &seg("/b")).is_none());
+    }
+}
