@@ -1,1 +1,1091 @@
-//! placeholder
+//! The admin API as plain Rust: authentication (the `ADMIN_TOKEN` or an admin key), input
+//! validation, escalation checks, record changes and the audit log. The edge hands it a
+//! request reduced to plain values and copies the reply into an HTTP response.
+//!
+//! Every error is a [`Problem`]; on every error path nothing has been written.
+
+use std::collections::HashMap;
+use std::rc::Rc;
+
+use hmac::{Hmac, Mac};
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value, json};
+use sha2::{Digest, Sha256};
+use subtle::ConstantTimeEq;
+
+use crate::credential::{self, HeaderSource};
+use crate::decide::{Gateway, key_ip_allowed};
+use crate::ip::{ClientIp, IpAllowlist};
+use crate::key::{ApiKey, Environment, KeyId, random_hex, secret_eq};
+use crate::problem::{Problem, store_unavailable};
+use crate::record::{KeyRecord, Status, slug};
+use crate::scope::Grant;
+use crate::store::{KvStore, LookupError, RECORD_PREFIX, Records, StoreError};
+use crate::time::Timestamp;
+
+pub const MAX_BODY: usize = 64 * 1024;
+pub const MAX_METADATA: usize = 1024;
+const DEFAULT_LIMIT: u32 = 50;
+const MAX_LIMIT: u32 = 1000;
+const MAX_LIST_ITEMS: usize = 64;
+
+pub const SCOPE_READ: &str = "admin:keys:read";
+pub const SCOPE_WRITE: &str = "admin:keys:write";
+pub const SCOPE_AUDIT: &str = "admin:audit:read";
+
+/// The OpenAPI 3.1 document for the whole HTTP surface.
+pub const OPENAPI: &str = include_str!("openapi.json");
+
+/// An admin request, reduced to plain values by the edge.
+pub struct AdminRequest<'a, H: ?Sized> {
+    pub method: &'a str,
+    pub path: &'a str,
+    pub query: Option<&'a str>,
+    pub headers: &'a H,
+    pub body: &'a [u8],
+    pub client_ip: Option<ClientIp>,
+}
+
+/// What the admin API needs from its deployment.
+pub struct AdminContext<'a, S> {
+    pub gateway: &'a Gateway,
+    pub records: Records<'a, S>,
+    /// `None` (unset or empty) disables the admin API.
+    pub admin_token: Option<&'a str>,
+    pub now: Timestamp,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Reply {
+    pub status: u16,
+    pub body: Option<Value>,
+}
+
+type AdminResult = Result<Reply, Problem>;
+
+fn ok(status: u16, body: Value) -> AdminResult {
+    Ok(Reply {
+        status,
+        body: Some(body),
+    })
+}
+
+/// Who is acting: the operator's token, or an admin key.
+enum Actor {
+    Token,
+    Key(Rc<KeyRecord>),
+}
+
+impl Actor {
+    fn name(&self) -> String {
+        match self {
+            Actor::Token => "admin_token".to_owned(),
+            Actor::Key(r) => r.id.to_string(),
+        }
+    }
+
+    fn require(&self, scope: &str) -> Result<(), Problem> {
+        let Actor::Key(r) = self else { return Ok(()) };
+        let allowed = crate::scope::Scope::parse(scope)
+            .map(|s| crate::scope::granted(&r.scopes, &s))
+            .unwrap_or(false);
+        if allowed {
+            Ok(())
+        } else {
+            Err(Problem::new(
+                403,
+                "insufficient_scope",
+                "Insufficient scope",
+                format!("This admin key lacks `{scope}`."),
+            )
+            .with("required_scopes", json!([scope])))
+        }
+    }
+
+    /// An admin key may only create or change keys inside its own reach: scopes it covers,
+    /// its own environment, tenants among its own.
+    fn may_manage(
+        &self,
+        environment: Environment,
+        scopes: &[Grant],
+        tenants: &[String],
+    ) -> Result<(), Problem> {
+        let Actor::Key(me) = self else { return Ok(()) };
+        let escalation = |detail: String| Problem::new(403, "scope_escalation", "Scope escalation", detail);
+        if environment != me.environment {
+            return Err(escalation(format!(
+                "An admin key of environment `{}` cannot manage `{}` keys.",
+                me.environment.as_str(),
+                environment.as_str()
+            )));
+        }
+        if let Some(g) = scopes
+            .iter()
+            .find(|g| !me.scopes.iter().any(|mine| mine.covers(g)))
+        {
+            return Err(escalation(format!(
+                "The grant `{g}` is not covered by this admin key's own grants."
+            )));
+        }
+        if let Some(t) = tenants.iter().find(|t| !me.tenants.contains(t)) {
+            return Err(escalation(format!(
+                "The tenant `{t}` is not among this admin key's tenants."
+            )));
+        }
+        Ok(())
+    }
+}
+
+fn not_found() -> Problem {
+    Problem::new(404, "not_found", "Not found", "No admin endpoint has this path.")
+}
+
+fn key_not_found() -> Problem {
+    Problem::new(404, "key_not_found", "Key not found", "No key has this id.")
+}
+
+fn method_not_allowed(allow: &'static str) -> Problem {
+    Problem::new(
+        405,
+        "method_not_allowed",
+        "Method not allowed",
+        format!("Allowed: {allow}."),
+    )
+    .header("Allow", allow)
+}
+
+pub fn invalid_field(field: &str, detail: impl Into<String>) -> Problem {
+    Problem::new(422, "invalid_field", "Invalid field", detail).with("field", json!(field))
+}
+
+fn store_error(_: StoreError) -> Problem {
+    store_unavailable()
+}
+
+fn lookup_error(e: LookupError) -> Problem {
+    match e {
+        LookupError::Store(_) => store_unavailable(),
+        LookupError::Corrupt(_) => Problem::new(
+            500,
+            "record_invalid",
+            "Key record invalid",
+            "The stored record for this key could not be read.",
+        ),
+    }
+}
+
+enum Endpoint {
+    Keys,
+    Key(String),
+    Revoke(String),
+    Rotate(String),
+    Audit,
+}
+
+fn endpoint(path: &str) -> Option<Endpoint> {
+    let rest = path.strip_prefix("/admin/")?;
+    let parts: Vec<&str> = rest.split('/').collect();
+    Some(match parts.as_slice() {
+        ["keys"] => Endpoint::Keys,
+        ["keys", id] => Endpoint::Key((*id).to_owned()),
+        ["keys", id, "revoke"] => Endpoint::Revoke((*id).to_owned()),
+        ["keys", id, "rotate"] => Endpoint::Rotate((*id).to_owned()),
+        ["audit"] => Endpoint::Audit,
+        _ => return None,
+    })
+}
+
+impl<S: KvStore> AdminContext<'_, S> {
+    pub async fn handle<H: HeaderSource + ?Sized>(&self, req: &AdminRequest<'_, H>) -> AdminResult {
+        if req.path == "/admin/openapi.json" {
+            return match req.method {
+                "GET" | "HEAD" => serde_json::from_str(OPENAPI)
+                    .map(|v| Reply {
+                        status: 200,
+                        body: Some(v),
+                    })
+                    .map_err(|_| {
+                        Problem::new(
+                            500,
+                            "internal_error",
+                            "Internal error",
+                            "The OpenAPI document is invalid.",
+                        )
+                    }),
+                _ => Err(method_not_allowed("GET, HEAD")),
+            };
+        }
+        let Some(token) = self.admin_token.filter(|t| !t.is_empty()) else {
+            return Err(Problem::new(
+                503,
+                "admin_disabled",
+                "Admin API disabled",
+                "Set the ADMIN_TOKEN secret to enable the admin API.",
+            ));
+        };
+        let actor = self.authenticate(req, token).await?;
+        let ep = endpoint(req.path).ok_or_else(not_found)?;
+        match (ep, req.method) {
+            (Endpoint::Keys, "GET") => {
+                actor.require(SCOPE_READ)?;
+                self.list_keys(req.query, token).await
+            }
+            (Endpoint::Keys, "POST") => {
+                actor.require(SCOPE_WRITE)?;
+                self.create(&actor, req).await
+            }
+            (Endpoint::Keys, _) => Err(method_not_allowed("GET, POST")),
+            (Endpoint::Key(id), "GET") => {
+                actor.require(SCOPE_READ)?;
+                let record = self.existing(&id).await?;
+                ok(200, record.view(self.now))
+            }
+            (Endpoint::Key(id), "PATCH") => {
+                actor.require(SCOPE_WRITE)?;
+                self.update(&actor, &id, req).await
+            }
+            (Endpoint::Key(id), "DELETE") => {
+                actor.require(SCOPE_WRITE)?;
+                self.delete(&actor, &id, req).await
+            }
+            (Endpoint::Key(_), _) => Err(method_not_allowed("GET, PATCH, DELETE")),
+            (Endpoint::Revoke(id), "POST") => {
+                actor.require(SCOPE_WRITE)?;
+                self.revoke(&actor, &id, req).await
+            }
+            (Endpoint::Rotate(id), "POST") => {
+                actor.require(SCOPE_WRITE)?;
+                self.rotate(&actor, &id, req).await
+            }
+            (Endpoint::Revoke(_) | Endpoint::Rotate(_), _) => Err(method_not_allowed("POST")),
+            (Endpoint::Audit, "GET") => {
+                actor.require(SCOPE_AUDIT)?;
+                self.list_audit(req.query, token).await
+            }
+            (Endpoint::Audit, _) => Err(method_not_allowed("GET")),
+        }
+    }
+
+    async fn authenticate<H: HeaderSource + ?Sized>(
+        &self,
+        req: &AdminRequest<'_, H>,
+        token: &str,
+    ) -> Result<Actor, Problem> {
+        let policy = &self.gateway.policy;
+        let (credential, _) = credential::extract(&policy.credentials, req.headers, None);
+        if let Ok(c) = &credential
+            && secret_eq(c, token)
+        {
+            return Ok(Actor::Token);
+        }
+        let record = self
+            .gateway
+            .authenticate(credential, &self.records, self.now)
+            .await
+            .map_err(|d| Problem::from_denial(&d, &policy.realm))?;
+        if !key_ip_allowed(&record, req.client_ip) {
+            return Err(Problem::from_denial(
+                &crate::decide::Denial::IpNotAllowed,
+                &policy.realm,
+            ));
+        }
+        Ok(Actor::Key(record))
+    }
+
+    async fn existing(&self, raw_id: &str) -> Result<Rc<KeyRecord>, Problem> {
+        let id = KeyId::parse(raw_id).ok_or_else(key_not_found)?;
+        self.records
+            .load(&id, self.now)
+            .await
+            .map_err(lookup_error)?
+            .ok_or_else(key_not_found)
+    }
+
+    async fn create<H: HeaderSource + ?Sized>(
+        &self,
+        actor: &Actor,
+        req: &AdminRequest<'_, H>,
+    ) -> AdminResult {
+        let body: CreateBody = parse_body(req, false)?;
+        let environment = match body.environment.as_deref() {
+            None => Environment::Live,
+            Some(e) => {
+                Environment::parse(e).ok_or_else(|| invalid_field("environment", "Use `live` or `test`."))?
+            }
+        };
+        let name = valid_name(&body.name)?;
+        let scopes = valid_scopes(&body.scopes)?;
+        let ip_allowlist = valid_allowlist(body.ip_allowlist.as_deref().unwrap_or_default())?;
+        let tenants = valid_tenants(body.tenants.unwrap_or_default())?;
+        let metadata = valid_metadata(body.metadata)?;
+        let expires_at = expiry(body.expires_in.as_ref(), body.expires_at.as_deref(), self.now)?;
+        let description = body
+            .description
+            .map(|d| valid_text("description", d, 1024))
+            .transpose()?;
+        let group = body.group.map(|g| valid_text("group", g, 128)).transpose()?;
+        actor.may_manage(environment, &scopes, &tenants)?;
+
+        let (key, record) = self.new_key(environment, |id, hash_version, hash| KeyRecord {
+            id,
+            tag: slug(&name),
+            name,
+            description,
+            group,
+            environment,
+            scopes,
+            ip_allowlist,
+            tenants,
+            metadata,
+            created_at: self.now,
+            updated_at: self.now,
+            expires_at,
+            enabled: true,
+            revoked_at: None,
+            revoke_reason: None,
+            rotated_from: None,
+            rotated_to: None,
+            hash_version,
+            hash,
+        })?;
+        let record = self.records.put(record, self.now).await.map_err(store_error)?;
+        self.audit(actor, "key.create", &record.id, req.client_ip, vec![])
+            .await;
+        ok(201, json!({"key": key.expose(), "record": record.view(self.now)}))
+    }
+
+    /// A fresh key and the record built around its id and hash.
+    fn new_key(
+        &self,
+        environment: Environment,
+        build: impl FnOnce(KeyId, crate::key::HashVersion, String) -> KeyRecord,
+    ) -> Result<(ApiKey, KeyRecord), Problem> {
+        let key = ApiKey::generate(&self.gateway.policy.key_prefix, environment).map_err(|_| {
+            Problem::new(
+                500,
+                "internal_error",
+                "Internal error",
+                "No randomness available.",
+            )
+        })?;
+        let (version, hash) = self.gateway.hasher.hash(&key);
+        let record = build(key.id().clone(), version, hash);
+        Ok((key, record))
+    }
+
+    async fn update<H: HeaderSource + ?Sized>(
+        &self,
+        actor: &Actor,
+        raw_id: &str,
+        req: &AdminRequest<'_, H>,
+    ) -> AdminResult {
+        let current = self.existing(raw_id).await?;
+        let body: PatchBody = parse_body(req, false)?;
+        if current.revoked_at.is_some() {
+            return Err(Problem::new(
+                409,
+                "key_revoked",
+                "Key revoked",
+                "A revoked key cannot be changed.",
+            ));
+        }
+        actor.may_manage(current.environment, &current.scopes, &current.tenants)?;
+        let mut next = (*current).clone();
+        if let Some(n) = &body.name {
+            next.name = valid_name(n)?;
+            next.tag = slug(&next.name);
+        }
+        if let Some(d) = body.description {
+            next.description = d.map(|d| valid_text("description", d, 1024)).transpose()?;
+        }
+        if let Some(g) = body.group {
+            next.group = g.map(|g| valid_text("group", g, 128)).transpose()?;
+        }
+        if let Some(s) = &body.scopes {
+            next.scopes = valid_scopes(s)?;
+        }
+        if let Some(l) = &body.ip_allowlist {
+            next.ip_allowlist = valid_allowlist(l)?;
+        }
+        if let Some(t) = body.tenants {
+            next.tenants = valid_tenants(t)?;
+        }
+        if body.metadata.is_some() {
+            next.metadata = valid_metadata(body.metadata)?;
+        }
+        match (&body.expires_in, &body.expires_at) {
+            (None, None) => {}
+            (Some(Value::Null), None) | (None, Some(None)) | (Some(Value::Null), Some(None)) => {
+                next.expires_at = None
+            }
+            (Some(Value::Null), Some(Some(_))) | (Some(_), Some(None)) => {
+                return Err(invalid_field(
+                    "expires_in",
+                    "Give either `expires_in` or `expires_at`, not both.",
+                ));
+            }
+            (i, a) => next.expires_at = expiry(i.as_ref(), a.as_ref().and_then(|a| a.as_deref()), self.now)?,
+        }
+        if let Some(e) = body.enabled {
+            next.enabled = e;
+        }
+        actor.may_manage(next.environment, &next.scopes, &next.tenants)?;
+
+        let changed = changed_fields(&current, &next);
+        if changed.is_empty() {
+            return ok(200, current.view(self.now));
+        }
+        next.updated_at = self.now;
+        let saved = self.records.put(next, self.now).await.map_err(store_error)?;
+        let (toggled, others): (Vec<_>, Vec<_>) = changed.into_iter().partition(|f| f == "enabled");
+        if !toggled.is_empty() {
+            let action = if saved.enabled {
+                "key.enable"
+            } else {
+                "key.disable"
+            };
+            self.audit(actor, action, &saved.id, req.client_ip, toggled).await;
+        }
+        if !others.is_empty() {
+            self.audit(actor, "key.update", &saved.id, req.client_ip, others)
+                .await;
+        }
+        ok(200, saved.view(self.now))
+    }
+
+    async fn revoke<H: HeaderSource + ?Sized>(
+        &self,
+        actor: &Actor,
+        raw_id: &str,
+        req: &AdminRequest<'_, H>,
+    ) -> AdminResult {
+        let current = self.existing(raw_id).await?;
+        let body: RevokeBody = parse_body(req, true)?;
+        let reason = body.reason.map(|r| valid_text("reason", r, 512)).transpose()?;
+        actor.may_manage(current.environment, &current.scopes, &current.tenants)?;
+        if current.revoked_at.is_some() {
+            // Irreversible and idempotent: the first revocation stands.
+            return ok(200, current.view(self.now));
+        }
+        let mut next = (*current).clone();
+        next.revoked_at = Some(self.now);
+        next.revoke_reason = reason;
+        next.updated_at = self.now;
+        let saved = self.records.put(next, self.now).await.map_err(store_error)?;
+        self.audit(
+            actor,
+            "key.revoke",
+            &saved.id,
+            req.client_ip,
+            vec!["revoked_at".into(), "revoke_reason".into()],
+        )
+        .await;
+        ok(200, saved.view(self.now))
+    }
+
+    async fn rotate<H: HeaderSource + ?Sized>(
+        &self,
+        actor: &Actor,
+        raw_id: &str,
+        req: &AdminRequest<'_, H>,
+    ) -> AdminResult {
+        let old = self.existing(raw_id).await?;
+        let body: RotateBody = parse_body(req, true)?;
+        let grace = match &body.grace {
+            None => 0,
+            Some(g) => duration(g, true).ok_or_else(|| {
+                invalid_field(
+                    "grace",
+                    "Use a preset (`1h`, `12h`, `1d`, `5d`, `1y`) or a number of seconds, 0 or more.",
+                )
+            })?,
+        };
+        actor.may_manage(old.environment, &old.scopes, &old.tenants)?;
+        match old.status(self.now) {
+            Status::Revoked => {
+                return Err(Problem::new(
+                    409,
+                    "key_revoked",
+                    "Key revoked",
+                    "A revoked key cannot be rotated.",
+                ));
+            }
+            _ if old.rotated_to.is_some() => {
+                return Err(Problem::new(
+                    409,
+                    "already_rotated",
+                    "Already rotated",
+                    "This key has already been rotated; rotate its successor.",
+                ));
+            }
+            _ => {}
+        }
+        // The successor gets a lifetime as long as the old key's.
+        let lifetime = old
+            .expires_at
+            .map(|e| (e.millis() - old.created_at.millis()).max(1000) / 1000);
+        let (key, new_record) = self.new_key(old.environment, |id, hash_version, hash| KeyRecord {
+            id,
+            created_at: self.now,
+            updated_at: self.now,
+            expires_at: lifetime.map(|s| self.now.plus_seconds(s)),
+            enabled: true,
+            revoked_at: None,
+            revoke_reason: None,
+            rotated_from: Some(old.id.clone()),
+            rotated_to: None,
+            hash_version,
+            hash,
+            ..(*old).clone()
+        })?;
+        let mut retired = (*old).clone();
+        let grace_end = self.now.plus_seconds(grace);
+        retired.expires_at = Some(retired.expires_at.map_or(grace_end, |e| e.min(grace_end)));
+        retired.rotated_to = Some(new_record.id.clone());
+        retired.updated_at = self.now;
+        let new_record = self
+            .records
+            .put(new_record, self.now)
+            .await
+            .map_err(store_error)?;
+        if let Err(e) = self.records.put(retired, self.now).await {
+            // Leave no unlinked successor behind.
+            let _ = self.records.delete(&new_record.id, self.now).await;
+            return Err(store_error(e));
+        }
+        self.audit(
+            actor,
+            "key.rotate",
+            &old.id,
+            req.client_ip,
+            vec!["expires_at".into(), "rotated_to".into()],
+        )
+        .await;
+        self.audit(
+            actor,
+            "key.create",
+            &new_record.id,
+            req.client_ip,
+            vec!["rotated_from".into()],
+        )
+        .await;
+        ok(
+            201,
+            json!({"key": key.expose(), "record": new_record.view(self.now)}),
+        )
+    }
+
+    async fn delete<H: HeaderSource + ?Sized>(
+        &self,
+        actor: &Actor,
+        raw_id: &str,
+        req: &AdminRequest<'_, H>,
+    ) -> AdminResult {
+        let current = self.existing(raw_id).await?;
+        actor.may_manage(current.environment, &current.scopes, &current.tenants)?;
+        self.records
+            .delete(&current.id, self.now)
+            .await
+            .map_err(store_error)?;
+        self.audit(actor, "key.delete", &current.id, req.client_ip, vec![])
+            .await;
+        Ok(Reply {
+            status: 204,
+            body: None,
+        })
+    }
+
+    async fn list_keys(&self, query: Option<&str>, token: &str) -> AdminResult {
+        let q = Query::parse(query);
+        let limit = q.limit()?;
+        let cursor = q.cursor(token)?;
+        let environment = q
+            .get("environment")
+            .map(|e| {
+                Environment::parse(e).ok_or_else(|| invalid_field("environment", "Use `live` or `test`."))
+            })
+            .transpose()?;
+        let status = q
+            .get("status")
+            .map(|s| {
+                Status::parse(s)
+                    .ok_or_else(|| invalid_field("status", "Use active, disabled, expired or revoked."))
+            })
+            .transpose()?;
+        let group = q.get("group");
+        let page = self
+            .records
+            .store
+            .list(RECORD_PREFIX, cursor.as_deref(), limit)
+            .await
+            .map_err(store_error)?;
+        let mut keys = Vec::new();
+        for k in &page.keys {
+            let Some(id) = k.strip_prefix(RECORD_PREFIX).and_then(KeyId::parse) else {
+                continue;
+            };
+            let Some(r) = self.records.load(&id, self.now).await.map_err(lookup_error)? else {
+                continue;
+            };
+            let keep = environment.is_none_or(|e| r.environment == e)
+                && status.is_none_or(|s| r.status(self.now) == s)
+                && group.is_none_or(|g| r.group.as_deref() == Some(g));
+            if keep {
+                keys.push(r.view(self.now));
+            }
+        }
+        ok(
+            200,
+            json!({"keys": keys, "cursor": page.cursor.map(|c| sign_cursor(token, &c))}),
+        )
+    }
+
+    async fn list_audit(&self, query: Option<&str>, token: &str) -> AdminResult {
+        let q = Query::parse(query);
+        let limit = q.limit()?;
+        let cursor = q.cursor(token)?;
+        let prefix = match q.get("key_id") {
+            None => AUDIT_PREFIX.to_owned(),
+            Some(k) => {
+                let id = KeyId::parse(k)
+                    .ok_or_else(|| invalid_field("key_id", "Not a key id (16 lowercase hex digits)."))?;
+                audit_key_prefix(&id)
+            }
+        };
+        let page = self
+            .records
+            .store
+            .list(&prefix, cursor.as_deref(), limit)
+            .await
+            .map_err(store_error)?;
+        let mut events = Vec::new();
+        for k in &page.keys {
+            if let Some(raw) = self.records.store.get(k).await.map_err(store_error)?
+                && let Ok(v) = serde_json::from_str::<Value>(&raw)
+            {
+                events.push(v);
+            }
+        }
+        ok(
+            200,
+            json!({"events": events, "cursor": page.cursor.map(|c| sign_cursor(token, &c))}),
+        )
+    }
+
+    /// Append to the audit log, under its own key and under the key's index. Best effort: the
+    /// change it records has already happened, so a failed audit write must not undo it.
+    async fn audit(
+        &self,
+        actor: &Actor,
+        action: &str,
+        key_id: &KeyId,
+        ip: Option<ClientIp>,
+        changed: Vec<String>,
+    ) {
+        let Ok(event_id) = random_hex(8) else { return };
+        let event = AuditEvent {
+            id: event_id.clone(),
+            at: self.now,
+            actor: actor.name(),
+            action: action.to_owned(),
+            key_id: key_id.clone(),
+            client_ip: ip.map(|i| i.to_string()),
+            changed,
+        };
+        let Ok(json) = serde_json::to_string(&event) else {
+            return;
+        };
+        let order = format!("{:020}:{event_id}", i64::MAX.saturating_sub(self.now.millis()));
+        let _ = self
+            .records
+            .store
+            .put(&format!("{AUDIT_PREFIX}{order}"), &json)
+            .await;
+        let _ = self
+            .records
+            .store
+            .put(&format!("{}{order}", audit_key_prefix(key_id)), &json)
+            .await;
+    }
+}
+
+const AUDIT_PREFIX: &str = "audit:";
+
+fn audit_key_prefix(id: &KeyId) -> String {
+    format!("audit-key:{id}:")
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct AuditEvent {
+    pub id: String,
+    pub at: Timestamp,
+    pub actor: String,
+    pub action: String,
+    pub key_id: KeyId,
+    pub client_ip: Option<String>,
+    pub changed: Vec<String>,
+}
+
+/// Names of the public fields that differ between two versions of a record.
+fn changed_fields(a: &KeyRecord, b: &KeyRecord) -> Vec<String> {
+    let (Value::Object(x), Value::Object(y)) = (a.view(a.updated_at), b.view(a.updated_at)) else {
+        return vec![];
+    };
+    let mut out: Vec<String> = x
+        .iter()
+        .filter(|(k, v)| k.as_str() != "status" && k.as_str() != "tag" && y.get(k.as_str()) != Some(v))
+        .map(|(k, _)| k.clone())
+        .collect();
+    out.sort();
+    out
+}
+
+// ---- cursors -------------------------------------------------------------------------------
+
+/// Store cursors are opaque to clients and signed, so a forged cursor is a 422, never a store
+/// error.
+fn cursor_mac(token: &str, raw: &str) -> Vec<u8> {
+    let key = Sha256::digest(format!("keygate-cursor:{token}").as_bytes());
+    let Ok(mut mac) = <Hmac<Sha256> as Mac>::new_from_slice(&key) else {
+        return vec![];
+    };
+    mac.update(raw.as_bytes());
+    mac.finalize().into_bytes().iter().take(12).copied().collect()
+}
+
+fn sign_cursor(token: &str, raw: &str) -> String {
+    format!("{}.{}", hex::encode(raw), hex::encode(cursor_mac(token, raw)))
+}
+
+fn verify_cursor(token: &str, cursor: &str) -> Option<String> {
+    let (body, mac) = cursor.split_once('.')?;
+    let raw = String::from_utf8(hex::decode(body).ok()?).ok()?;
+    let given = hex::decode(mac).ok()?;
+    bool::from(given.ct_eq(&cursor_mac(token, &raw))).then_some(raw)
+}
+
+// ---- query strings -------------------------------------------------------------------------
+
+struct Query(HashMap<String, String>);
+
+impl Query {
+    fn parse(q: Option<&str>) -> Self {
+        let mut map = HashMap::new();
+        for pair in q.unwrap_or_default().split('&').filter(|p| !p.is_empty()) {
+            let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+            if let (Some(k), Some(v)) = (query_decode(k), query_decode(v)) {
+                map.entry(k).or_insert(v);
+            }
+        }
+        Query(map)
+    }
+
+    fn get(&self, k: &str) -> Option<&str> {
+        self.0.get(k).map(String::as_str)
+    }
+
+    fn limit(&self) -> Result<u32, Problem> {
+        match self.get("limit") {
+            None => Ok(DEFAULT_LIMIT),
+            Some(l) => match l.parse::<u64>() {
+                Ok(0) | Err(_) => Err(invalid_field(
+                    "limit",
+                    "Use a whole number from 1; values over 1000 are capped.",
+                )),
+                Ok(n) => Ok(u32::try_from(n.min(u64::from(MAX_LIMIT))).unwrap_or(MAX_LIMIT)),
+            },
+        }
+    }
+
+    fn cursor(&self, token: &str) -> Result<Option<String>, Problem> {
+        self.get("cursor")
+            .filter(|c| !c.is_empty())
+            .map(|c| {
+                verify_cursor(token, c)
+                    .ok_or_else(|| invalid_field("cursor", "Not a cursor this API returned."))
+            })
+            .transpose()
+    }
+}
+
+fn query_decode(s: &str) -> Option<String> {
+    let s = s.replace('+', " ");
+    let mut out = Vec::with_capacity(s.len());
+    let mut bytes = s.bytes();
+    while let Some(b) = bytes.next() {
+        if b == b'%' {
+            let hi = (bytes.next()? as char).to_digit(16)?;
+            let lo = (bytes.next()? as char).to_digit(16)?;
+            out.push(u8::try_from(hi * 16 + lo).ok()?);
+        } else {
+            out.push(b);
+        }
+    }
+    String::from_utf8(out).ok()
+}
+
+// ---- bodies and validation ------------------------------------------------------------------
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CreateBody {
+    name: String,
+    description: Option<String>,
+    group: Option<String>,
+    environment: Option<String>,
+    scopes: Vec<String>,
+    ip_allowlist: Option<Vec<String>>,
+    tenants: Option<Vec<String>>,
+    metadata: Option<Value>,
+    expires_in: Option<Value>,
+    expires_at: Option<String>,
+}
+
+/// `Some(None)` is an explicit `null`: clear the field.
+fn nullable<'de, T: Deserialize<'de>, D: serde::Deserializer<'de>>(
+    d: D,
+) -> Result<Option<Option<T>>, D::Error> {
+    Option::<T>::deserialize(d).map(Some)
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PatchBody {
+    name: Option<String>,
+    #[serde(default, deserialize_with = "nullable")]
+    description: Option<Option<String>>,
+    #[serde(default, deserialize_with = "nullable")]
+    group: Option<Option<String>>,
+    scopes: Option<Vec<String>>,
+    ip_allowlist: Option<Vec<String>>,
+    tenants: Option<Vec<String>>,
+    metadata: Option<Value>,
+    #[serde(default, deserialize_with = "nullable_value")]
+    expires_in: Option<Value>,
+    #[serde(default, deserialize_with = "nullable")]
+    expires_at: Option<Option<String>>,
+    enabled: Option<bool>,
+}
+
+/// Keeps an explicit `null` as `Some(Value::Null)`.
+fn nullable_value<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Value>, D::Error> {
+    Value::deserialize(d).map(Some)
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RevokeBody {
+    reason: Option<String>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RotateBody {
+    grace: Option<Value>,
+}
+
+fn is_json(content_type: &str) -> bool {
+    let mime = content_type
+        .split(';')
+        .next()
+        .unwrap_or_default()
+        .trim()
+        .to_ascii_lowercase();
+    mime == "application/json" || (mime.starts_with("application/") && mime.ends_with("+json"))
+}
+
+/// Size, content type, JSON syntax, then shape (unknown fields, types) with the JSON path of
+/// the offending field. `empty_ok`: an absent body means `{}` (for revoke and rotate).
+fn parse_body<T: serde::de::DeserializeOwned, H: HeaderSource + ?Sized>(
+    req: &AdminRequest<'_, H>,
+    empty_ok: bool,
+) -> Result<T, Problem> {
+    if req.body.len() > MAX_BODY {
+        return Err(Problem::new(
+            413,
+            "payload_too_large",
+            "Payload too large",
+            "The body is over 64 KiB.",
+        ));
+    }
+    let body: &[u8] = if req.body.iter().all(u8::is_ascii_whitespace) && empty_ok {
+        b"{}"
+    } else {
+        req.body
+    };
+    if body != b"{}" || !empty_ok {
+        let ct = req.headers.header("content-type").unwrap_or_default();
+        if !is_json(&ct) {
+            return Err(Problem::new(
+                415,
+                "unsupported_media_type",
+                "Unsupported media type",
+                "Send `Content-Type: application/json`.",
+            ));
+        }
+    }
+    let value: Value = serde_json::from_slice(body).map_err(|e| {
+        Problem::new(
+            400,
+            "malformed_json",
+            "Malformed JSON",
+            format!("The body is not valid JSON: {e}"),
+        )
+    })?;
+    if !value.is_object() {
+        return Err(invalid_field("", "The body must be a JSON object."));
+    }
+    serde_path_to_error::deserialize(value).map_err(|e| {
+        let inner = e.inner().to_string();
+        let mut field = e.path().to_string();
+        // For unknown and missing fields serde names the field in its message.
+        if (inner.starts_with("unknown field") || inner.starts_with("missing field"))
+            && let Some(name) = inner.split('`').nth(1)
+        {
+            field = if field == "." {
+                name.to_owned()
+            } else {
+                format!("{field}.{name}")
+            };
+        }
+        if field == "." {
+            field = String::new();
+        }
+        invalid_field(&field, inner)
+    })
+}
+
+fn valid_text(field: &str, s: String, max: usize) -> Result<String, Problem> {
+    if s.chars().count() > max || s.chars().any(char::is_control) {
+        return Err(invalid_field(
+            field,
+            format!("Use at most {max} characters and no control characters."),
+        ));
+    }
+    Ok(s)
+}
+
+fn valid_name(s: &str) -> Result<String, Problem> {
+    if s.trim().is_empty() || s.chars().count() > 128 || s.chars().any(char::is_control) {
+        return Err(invalid_field(
+            "name",
+            "Use 1-128 characters, not all blank, without control characters.",
+        ));
+    }
+    Ok(s.to_owned())
+}
+
+fn valid_scopes(list: &[String]) -> Result<Vec<Grant>, Problem> {
+    if list.is_empty() || list.len() > MAX_LIST_ITEMS {
+        return Err(invalid_field(
+            "scopes",
+            format!("Give 1-{MAX_LIST_ITEMS} scopes."),
+        ));
+    }
+    list.iter()
+        .enumerate()
+        .map(|(i, s)| Grant::parse(s).map_err(|e| invalid_field(&format!("scopes[{i}]"), e.to_string())))
+        .collect()
+}
+
+fn valid_allowlist(list: &[String]) -> Result<IpAllowlist, Problem> {
+    if list.len() > MAX_LIST_ITEMS {
+        return Err(invalid_field(
+            "ip_allowlist",
+            format!("Give at most {MAX_LIST_ITEMS} entries."),
+        ));
+    }
+    IpAllowlist::parse(list).map_err(|(i, e)| invalid_field(&format!("ip_allowlist[{i}]"), e.to_string()))
+}
+
+fn valid_tenants(list: Vec<String>) -> Result<Vec<String>, Problem> {
+    if list.len() > MAX_LIST_ITEMS {
+        return Err(invalid_field(
+            "tenants",
+            format!("Give at most {MAX_LIST_ITEMS} tenants."),
+        ));
+    }
+    for (i, t) in list.iter().enumerate() {
+        let ok = (1..=128).contains(&t.len())
+            && t.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'));
+        if !ok {
+            return Err(invalid_field(
+                &format!("tenants[{i}]"),
+                "Use 1-128 of letters, digits, `-`, `_`, `.`.",
+            ));
+        }
+    }
+    Ok(list)
+}
+
+fn valid_metadata(m: Option<Value>) -> Result<Map<String, Value>, Problem> {
+    match m {
+        None => Ok(Map::new()),
+        Some(Value::Object(map)) => {
+            if Value::Object(map.clone()).to_string().len() > MAX_METADATA {
+                return Err(invalid_field(
+                    "metadata",
+                    "Metadata is over 1 KiB when serialised.",
+                ));
+            }
+            Ok(map)
+        }
+        Some(_) => Err(invalid_field("metadata", "Metadata must be a JSON object.")),
+    }
+}
+
+const PRESETS: [(&str, i64); 5] = [
+    ("1h", 3600),
+    ("12h", 43_200),
+    ("1d", 86_400),
+    ("5d", 432_000),
+    ("1y", 31_536_000),
+];
+/// Expiries further out than this are refused (100 years).
+const MAX_SECONDS: i64 = 100 * 31_536_000;
+
+/// A preset or a whole number of seconds.
+fn duration(v: &Value, zero_ok: bool) -> Option<i64> {
+    let s = match v {
+        Value::String(s) => PRESETS.iter().find(|(p, _)| p == s).map(|(_, n)| *n)?,
+        Value::Number(n) => n.as_i64()?,
+        _ => return None,
+    };
+    (s > 0 || (zero_ok && s == 0))
+        .then_some(s)
+        .filter(|s| *s <= MAX_SECONDS)
+}
+
+fn expiry(
+    expires_in: Option<&Value>,
+    expires_at: Option<&str>,
+    now: Timestamp,
+) -> Result<Option<Timestamp>, Problem> {
+    match (expires_in, expires_at) {
+        (Some(_), Some(_)) => Err(invalid_field(
+            "expires_in",
+            "Give either `expires_in` or `expires_at`, not both.",
+        )),
+        (Some(v), None) => duration(v, false)
+            .map(|s| Some(now.plus_seconds(s)))
+            .ok_or_else(|| {
+                invalid_field(
+                    "expires_in",
+                    "Use a preset (`1h`, `12h`, `1d`, `5d`, `1y`) or a whole number of seconds above 0.",
+                )
+            }),
+        (None, Some(at)) => match Timestamp::parse_rfc3339(at) {
+            Some(t) if t > now && t <= now.plus_seconds(MAX_SECONDS) => Ok(Some(t)),
+            Some(_) => Err(invalid_field(
+                "expires_at",
+                "The expiry must be in the future (and within 100 years).",
+            )),
+            None => Err(invalid_field(
+                "expires_at",
+                "Use an RFC 3339 date-time, such as 2027-01-01T00:00:00Z.",
+            )),
+        },
+        (None, None) => Ok(None),
+    }
+}

@@ -25,7 +25,12 @@ pub struct RecordCache {
 }
 
 impl RecordCache {
-    pub fn new(capacity: usize, negative_capacity: usize, ttl_seconds: u32, negative_ttl_seconds: u32) -> Self {
+    pub fn new(
+        capacity: usize,
+        negative_capacity: usize,
+        ttl_seconds: u32,
+        negative_ttl_seconds: u32,
+    ) -> Self {
         RecordCache {
             entries: HashMap::new(),
             capacity: capacity.max(1),
@@ -62,14 +67,20 @@ impl RecordCache {
         if negative {
             self.negatives += 1;
         }
-        self.entries.insert(id, Entry { record, until: now.plus_seconds(ttl) });
+        self.entries.insert(
+            id,
+            Entry {
+                record,
+                until: now.plus_seconds(ttl),
+            },
+        );
     }
 
     fn remove(&mut self, id: &KeyId) {
-        if let Some(e) = self.entries.remove(id) {
-            if e.record.is_none() {
-                self.negatives = self.negatives.saturating_sub(1);
-            }
+        if let Some(e) = self.entries.remove(id)
+            && e.record.is_none()
+        {
+            self.negatives = self.negatives.saturating_sub(1);
         }
     }
 

@@ -134,7 +134,10 @@ mod tests {
     }
 
     fn h(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
-        pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
     }
 
     fn get(pairs: &[(&str, &str)]) -> Result<String, CredentialError> {
@@ -146,26 +149,44 @@ mod tests {
         assert_eq!(get(&[("Authorization", "Bearer k1")]), Ok("k1".into()));
         assert_eq!(get(&[("authorization", "bearer \t k1 ")]), Ok("k1".into()));
         assert_eq!(get(&[("X-API-Key", " k1 ")]), Ok("k1".into()));
-        assert_eq!(get(&[("X-API-Key", "k1"), ("Authorization", "Bearer k1")]), Ok("k1".into()));
+        assert_eq!(
+            get(&[("X-API-Key", "k1"), ("Authorization", "Bearer k1")]),
+            Ok("k1".into())
+        );
         assert_eq!(get(&[("X-API-Key", "k1"), ("X-API-Key", "k1")]), Ok("k1".into()));
     }
 
     #[test]
     fn missing_malformed_ambiguous() {
         assert_eq!(get(&[]), Err(CredentialError::Missing));
-        assert_eq!(get(&[("Authorization", "Basic Zm9vOmJhcg==")]), Err(CredentialError::Missing));
+        assert_eq!(
+            get(&[("Authorization", "Basic Zm9vOmJhcg==")]),
+            Err(CredentialError::Missing)
+        );
         assert_eq!(get(&[("X_API_Key", "k1")]), Err(CredentialError::Missing));
-        assert_eq!(get(&[("Authorization", "Bearer")]), Err(CredentialError::Malformed));
-        assert_eq!(get(&[("Authorization", "Bearer a b")]), Err(CredentialError::Malformed));
+        assert_eq!(
+            get(&[("Authorization", "Bearer")]),
+            Err(CredentialError::Malformed)
+        );
+        assert_eq!(
+            get(&[("Authorization", "Bearer a b")]),
+            Err(CredentialError::Malformed)
+        );
         assert_eq!(get(&[("X-API-Key", "")]), Err(CredentialError::Malformed));
-        assert_eq!(get(&[("X-API-Key", "k1"), ("Authorization", "Bearer k2")]), Err(CredentialError::Ambiguous));
+        assert_eq!(
+            get(&[("X-API-Key", "k1"), ("Authorization", "Bearer k2")]),
+            Err(CredentialError::Ambiguous)
+        );
         assert_eq!(get(&[("X-API-Key", "k1, k2")]), Err(CredentialError::Ambiguous));
     }
 
     #[test]
     fn query_only_when_enabled() {
         let hs = h(&[]);
-        assert_eq!(extract(&cfg(None), &hs, Some("api_key=k1")).0, Err(CredentialError::Missing));
+        assert_eq!(
+            extract(&cfg(None), &hs, Some("api_key=k1")).0,
+            Err(CredentialError::Missing)
+        );
         let (r, found) = extract(&cfg(Some("api_key")), &hs, Some("a=1&api_key=k1"));
         assert_eq!(r, Ok("k1".into()));
         assert!(found.in_query);

@@ -36,7 +36,9 @@ pub enum Denial {
     ExpiredKey,
     RevokedKey,
     DisabledKey,
-    InsufficientScope { required: Vec<String> },
+    InsufficientScope {
+        required: Vec<String>,
+    },
     TenantNotAllowed,
     EnvironmentNotAllowed,
     StoreUnavailable,
@@ -99,7 +101,11 @@ impl Gateway {
         let Some((route, params)) = self.policy.route(req.method, &segments) else {
             return match self.policy.default {
                 DefaultAction::Deny => Err(Denial::NoRoute),
-                DefaultAction::Allow => Ok(Forward { principal: None, credential: Found::default(), sunset: None }),
+                DefaultAction::Allow => Ok(Forward {
+                    principal: None,
+                    credential: Found::default(),
+                    sunset: None,
+                }),
             };
         };
         // Before any credential or storage work: blocked addresses cost nothing.
@@ -107,7 +113,11 @@ impl Gateway {
             return Err(Denial::IpNotAllowed);
         }
         if route.public {
-            return Ok(Forward { principal: None, credential: Found::default(), sunset: None });
+            return Ok(Forward {
+                principal: None,
+                credential: Found::default(),
+                sunset: None,
+            });
         }
         let (credential, found) = credential::extract(&self.policy.credentials, req.headers, req.query);
         let record = self.authenticate(credential, records, now).await?;
@@ -183,10 +193,10 @@ fn authorize(
     if !key_ip_allowed(record, ip) {
         return Err(Denial::IpNotAllowed);
     }
-    if let Some(envs) = &route.environments {
-        if !envs.contains(&record.environment) {
-            return Err(Denial::EnvironmentNotAllowed);
-        }
+    if let Some(envs) = &route.environments
+        && !envs.contains(&record.environment)
+    {
+        return Err(Denial::EnvironmentNotAllowed);
     }
     let tenant = match &route.tenant_param {
         None => None,

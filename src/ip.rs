@@ -66,7 +66,10 @@ fn parse_entry(raw: &str) -> Result<IpNet, IpError> {
             // Parse both halves strictly ourselves: no leading zeros anywhere.
             let bad = || IpError(format!("{raw:?} is not a valid CIDR"));
             let addr = IpAddr::from_str(addr).map_err(|_| bad())?;
-            if len.is_empty() || (len.len() > 1 && len.starts_with('0')) || !len.bytes().all(|b| b.is_ascii_digit()) {
+            if len.is_empty()
+                || (len.len() > 1 && len.starts_with('0'))
+                || !len.bytes().all(|b| b.is_ascii_digit())
+            {
                 return Err(bad());
             }
             let len = len.parse::<u8>().map_err(|_| bad())?;
@@ -85,12 +88,11 @@ fn parse_entry(raw: &str) -> Result<IpNet, IpError> {
 
 /// `::ffff:10.0.0.0/104` is the IPv4 network `10.0.0.0/8`.
 fn normalise_net(net: IpNet) -> IpNet {
-    if let IpNet::V6(v6) = net {
-        if let (Some(v4), true) = (v6.network().to_ipv4_mapped(), v6.prefix_len() >= 96) {
-            if let Ok(n) = Ipv4Net::new(v4, v6.prefix_len() - 96) {
-                return IpNet::V4(n);
-            }
-        }
+    if let IpNet::V6(v6) = net
+        && let (Some(v4), true) = (v6.network().to_ipv4_mapped(), v6.prefix_len() >= 96)
+        && let Ok(n) = Ipv4Net::new(v4, v6.prefix_len() - 96)
+    {
+        return IpNet::V4(n);
     }
     net
 }
@@ -126,15 +128,11 @@ impl IpAllowlist {
     /// Is this list within `outer`: every network it names is inside one of `outer`'s?
     pub fn within(&self, outer: &IpAllowlist) -> bool {
         outer.is_empty()
-            || (!self.is_empty()
-                && self
-                    .nets
-                    .iter()
-                    .all(|n| outer.nets.iter().any(|o| o.contains(n))))
+            || (!self.is_empty() && self.nets.iter().all(|n| outer.nets.iter().any(|o| o.contains(n))))
     }
 
     pub fn entries(&self) -> Vec<String> {
-        self.nets.iter().map(|n| canonical(n)).collect()
+        self.nets.iter().map(canonical).collect()
     }
 }
 
@@ -176,7 +174,16 @@ mod tests {
     fn strict_client_addresses() {
         assert!(ip("203.0.113.7").is_some());
         assert!(ip(" 203.0.113.7\t").is_some());
-        for bad in ["010.0.0.1", "10.1", "167772161", "0x0a.0.0.1", "fe80::1%eth0", "1.2.3.4, 5.6.7.8", "", "1.2.3.4:80"] {
+        for bad in [
+            "010.0.0.1",
+            "10.1",
+            "167772161",
+            "0x0a.0.0.1",
+            "fe80::1%eth0",
+            "1.2.3.4, 5.6.7.8",
+            "",
+            "1.2.3.4:80",
+        ] {
             assert!(ip(bad).is_none(), "{bad:?} must be invalid");
         }
         assert_eq!(ip("::ffff:10.0.0.1"), ip("10.0.0.1"));
@@ -185,15 +192,26 @@ mod tests {
 
     #[test]
     fn allowlist_entries() {
-        let l = list(&["203.0.113.0/24", "2001:db8::/32", "198.51.100.7", "::ffff:192.0.2.0/120"]);
+        let l = list(&[
+            "203.0.113.0/24",
+            "2001:db8::/32",
+            "198.51.100.7",
+            "::ffff:192.0.2.0/120",
+        ]);
         assert!(l.admits(ip("203.0.113.200")));
         assert!(l.admits(ip("198.51.100.7")));
         assert!(!l.admits(ip("198.51.100.8")));
         assert!(l.admits(ip("2001:db8:1::5")));
-        assert!(l.admits(ip("192.0.2.9")), "mapped CIDR normalised to 192.0.2.0/24");
+        assert!(
+            l.admits(ip("192.0.2.9")),
+            "mapped CIDR normalised to 192.0.2.0/24"
+        );
         assert!(l.admits(ip("::ffff:203.0.113.1")));
         assert!(!l.admits(None));
-        assert_eq!(l.entries(), vec!["203.0.113.0/24", "2001:db8::/32", "198.51.100.7", "192.0.2.0/24"]);
+        assert_eq!(
+            l.entries(),
+            vec!["203.0.113.0/24", "2001:db8::/32", "198.51.100.7", "192.0.2.0/24"]
+        );
     }
 
     #[test]
@@ -207,7 +225,15 @@ mod tests {
     fn invalid_entries_are_errors_not_fixups() {
         let err = IpAllowlist::parse(&["10.0.0.1/8"]).unwrap_err();
         assert!(err.1.0.contains("10.0.0.0/8"), "{}", err.1);
-        for bad in ["10.0.0.0/33", "010.0.0.0/8", "fe80::1%eth0", "nope", "10.0.0.0/08", "10.1/16", ""] {
+        for bad in [
+            "10.0.0.0/33",
+            "010.0.0.0/8",
+            "fe80::1%eth0",
+            "nope",
+            "10.0.0.0/08",
+            "10.1/16",
+            "",
+        ] {
             assert!(IpAllowlist::parse(&[bad]).is_err(), "{bad:?} must be invalid");
         }
         assert_eq!(IpAllowlist::parse(&["1.2.3.4", "bad"]).unwrap_err().0, 1);

@@ -85,8 +85,8 @@ pub struct KeyPrefix(String);
 
 impl KeyPrefix {
     pub fn parse(s: &str) -> Option<Self> {
-        let ok = (1..=16).contains(&s.len())
-            && s.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit());
+        let ok =
+            (1..=16).contains(&s.len()) && s.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit());
         ok.then(|| KeyPrefix(s.to_owned()))
     }
 
@@ -127,7 +127,12 @@ pub struct ApiKey {
 
 impl fmt::Debug for ApiKey {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "ApiKey({}, {}, <redacted>)", self.environment.as_str(), self.id)
+        write!(
+            f,
+            "ApiKey({}, {}, <redacted>)",
+            self.environment.as_str(),
+            self.id
+        )
     }
 }
 
@@ -250,8 +255,8 @@ impl KeyHasher {
             HashVersion::Sha256 => Ok(Sha256::digest(key.expose().as_bytes()).to_vec()),
             HashVersion::HmacSha256 => {
                 let pepper = self.pepper.as_deref().ok_or(HashError::PepperMissing)?;
-                let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(pepper)
-                    .map_err(|_| HashError::PepperMissing)?;
+                let mut mac =
+                    <Hmac<Sha256> as Mac>::new_from_slice(pepper).map_err(|_| HashError::PepperMissing)?;
                 mac.update(key.expose().as_bytes());
                 Ok(mac.finalize().into_bytes().to_vec())
             }
@@ -311,7 +316,10 @@ mod tests {
         assert!(ApiKey::parse("", &prefix()).is_none());
         assert!(ApiKey::parse(&s.to_uppercase(), &prefix()).is_none());
         let swapped = s.replacen("_live_", "_test_", 1);
-        assert!(ApiKey::parse(&swapped, &prefix()).is_none(), "checksum covers the environment");
+        assert!(
+            ApiKey::parse(&swapped, &prefix()).is_none(),
+            "checksum covers the environment"
+        );
     }
 
     #[test]

@@ -222,10 +222,7 @@ fn percent_decode(s: &str) -> Option<String> {
 
 fn header_name(raw: Option<String>, default: &str, what: &str) -> Result<String, PolicyError> {
     let name = raw.unwrap_or_else(|| default.to_owned());
-    let ok = !name.is_empty()
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'-');
+    let ok = !name.is_empty() && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-');
     if !ok {
         return Err(PolicyError(format!("{what} {name:?} is not a valid header name")));
     }
@@ -260,15 +257,26 @@ impl Policy {
         }
         let cache_ttl_seconds = doc.cache_ttl_seconds.unwrap_or(DEFAULT_CACHE_TTL);
         if cache_ttl_seconds > MAX_CACHE_TTL {
-            return Err(PolicyError(format!("cache_ttl_seconds must be at most {MAX_CACHE_TTL}")));
+            return Err(PolicyError(format!(
+                "cache_ttl_seconds must be at most {MAX_CACHE_TTL}"
+            )));
         }
         let negative_cache_ttl_seconds = doc.negative_cache_ttl_seconds.unwrap_or(DEFAULT_NEGATIVE_TTL);
         if negative_cache_ttl_seconds > MAX_CACHE_TTL {
-            return Err(PolicyError(format!("negative_cache_ttl_seconds must be at most {MAX_CACHE_TTL}")));
+            return Err(PolicyError(format!(
+                "negative_cache_ttl_seconds must be at most {MAX_CACHE_TTL}"
+            )));
         }
         let realm = doc.realm.unwrap_or_else(|| "keygate".to_owned());
-        if realm.is_empty() || realm.len() > 64 || !realm.bytes().all(|b| b.is_ascii_graphic() && b != b'"' && b != b'\\') {
-            return Err(PolicyError(format!("realm {realm:?}: use 1-64 printable characters without quotes")));
+        if realm.is_empty()
+            || realm.len() > 64
+            || !realm
+                .bytes()
+                .all(|b| b.is_ascii_graphic() && b != b'"' && b != b'\\')
+        {
+            return Err(PolicyError(format!(
+                "realm {realm:?}: use 1-64 printable characters without quotes"
+            )));
         }
         let routes = doc
             .routes
@@ -307,7 +315,10 @@ impl Route {
                 .map(|s| {
                     let t = ScopeTemplate::parse(s).map_err(|e| PolicyError(format!("{what}: {e}")))?;
                     if let Some(p) = t.params().find(|p| !pattern.has_param(p)) {
-                        return Err(PolicyError(format!("{what}: {{{p}}} is not a parameter of path {:?}", r.path)));
+                        return Err(PolicyError(format!(
+                            "{what}: {{{p}}} is not a parameter of path {:?}",
+                            r.path
+                        )));
                     }
                     Ok(t)
                 })
@@ -317,32 +328,43 @@ impl Route {
         let any_scopes = templates(&r.any_scopes, "any_scopes")?;
         let ip_allowlist = IpAllowlist::parse(&r.ip_allowlist)
             .map_err(|(i, e)| PolicyError(format!("ip_allowlist[{i}]: {e}")))?;
-        if let Some(t) = &r.tenant_param {
-            if !pattern.has_param(t) {
-                return Err(PolicyError(format!("tenant_param {t:?} is not a parameter of path {:?}", r.path)));
-            }
+        if let Some(t) = &r.tenant_param
+            && !pattern.has_param(t)
+        {
+            return Err(PolicyError(format!(
+                "tenant_param {t:?} is not a parameter of path {:?}",
+                r.path
+            )));
         }
         let methods = match r.methods {
             None => None,
-            Some(ms) if ms.is_empty() => return Err(PolicyError("methods is empty; omit it for any method".into())),
+            Some(ms) if ms.is_empty() => {
+                return Err(PolicyError("methods is empty; omit it for any method".into()));
+            }
             Some(ms) => {
-                if let Some(bad) = ms.iter().find(|m| m.is_empty() || !m.bytes().all(|b| b.is_ascii_alphabetic())) {
+                if let Some(bad) = ms
+                    .iter()
+                    .find(|m| m.is_empty() || !m.bytes().all(|b| b.is_ascii_alphabetic()))
+                {
                     return Err(PolicyError(format!("invalid method {bad:?}")));
                 }
                 Some(ms.into_iter().map(|m| m.to_ascii_uppercase()).collect())
             }
         };
         if r.public
-            && (!scopes.is_empty() || !any_scopes.is_empty() || r.environments.is_some() || r.tenant_param.is_some())
+            && (!scopes.is_empty()
+                || !any_scopes.is_empty()
+                || r.environments.is_some()
+                || r.tenant_param.is_some())
         {
             return Err(PolicyError(
                 "a public route takes no key, so it cannot require scopes, environments or a tenant".into(),
             ));
         }
-        if let Some(envs) = &r.environments {
-            if envs.is_empty() {
-                return Err(PolicyError("environments is empty: no key could pass".into()));
-            }
+        if let Some(envs) = &r.environments
+            && envs.is_empty()
+        {
+            return Err(PolicyError("environments is empty: no key could pass".into()));
         }
         Ok(Route {
             index,
@@ -370,7 +392,10 @@ mod tests {
     #[test]
     fn patterns() {
         let p = RoutePattern::parse("/keyrings/{ring}/encrypt").unwrap();
-        assert_eq!(p.matches(&seg("/keyrings/comms/encrypt")).unwrap()["ring"], "comms");
+        assert_eq!(
+            p.matches(&seg("/keyrings/comms/encrypt")).unwrap()["ring"],
+            "comms"
+        );
         assert!(p.matches(&seg("/keyrings/comms")).is_none());
         assert!(p.matches(&seg("/keyrings/comms/encrypt/x")).is_none());
         let rest = RoutePattern::parse("/public/*").unwrap();

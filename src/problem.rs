@@ -19,7 +19,14 @@ pub const CONTENT_TYPE: &str = "application/problem+json";
 
 impl Problem {
     pub fn new(status: u16, code: &'static str, title: &'static str, detail: impl Into<String>) -> Self {
-        Problem { status, code, title, detail: detail.into(), extra: Map::new(), headers: Vec::new() }
+        Problem {
+            status,
+            code,
+            title,
+            detail: detail.into(),
+            extra: Map::new(),
+            headers: Vec::new(),
+        }
     }
 
     pub fn with(mut self, key: &str, value: Value) -> Self {
@@ -59,33 +66,90 @@ impl Problem {
     pub fn from_denial(d: &Denial, realm: &str) -> Self {
         let unauth = |code, title, detail: &str| Problem::unauthorized(realm, code, title, detail);
         match d {
-            Denial::NoRoute => Problem::new(404, "no_route", "No route", "No route matches this method and path."),
-            Denial::IpNotAllowed => Problem::new(403, "ip_not_allowed", "IP address not allowed", "The client address is not on an allowlist that applies to this request."),
-            Denial::MissingKey => unauth("missing_key", "API key missing", "Send the key as `Authorization: Bearer <key>` or `X-API-Key: <key>`."),
-            Denial::MalformedKey => unauth("malformed_key", "API key malformed", "The credential is not a well-formed API key."),
-            Denial::AmbiguousKey => unauth("ambiguous_key", "Ambiguous API key", "The request carries more than one different credential."),
+            Denial::NoRoute => Problem::new(
+                404,
+                "no_route",
+                "No route",
+                "No route matches this method and path.",
+            ),
+            Denial::IpNotAllowed => Problem::new(
+                403,
+                "ip_not_allowed",
+                "IP address not allowed",
+                "The client address is not on an allowlist that applies to this request.",
+            ),
+            Denial::MissingKey => unauth(
+                "missing_key",
+                "API key missing",
+                "Send the key as `Authorization: Bearer <key>` or `X-API-Key: <key>`.",
+            ),
+            Denial::MalformedKey => unauth(
+                "malformed_key",
+                "API key malformed",
+                "The credential is not a well-formed API key.",
+            ),
+            Denial::AmbiguousKey => unauth(
+                "ambiguous_key",
+                "Ambiguous API key",
+                "The request carries more than one different credential.",
+            ),
             Denial::InvalidKey => unauth("invalid_key", "API key invalid", "The API key is not valid."),
             Denial::ExpiredKey => unauth("expired_key", "API key expired", "The API key has expired."),
             Denial::RevokedKey => unauth("revoked_key", "API key revoked", "The API key has been revoked."),
             Denial::DisabledKey => unauth("disabled_key", "API key disabled", "The API key is disabled."),
-            Denial::InsufficientScope { required } => Problem::new(403, "insufficient_scope", "Insufficient scope", "The API key does not hold the scopes this route requires.")
-                .with("required_scopes", json!(required)),
-            Denial::TenantNotAllowed => Problem::new(403, "tenant_not_allowed", "Tenant not allowed", "The API key is not allowed for this tenant."),
-            Denial::EnvironmentNotAllowed => Problem::new(403, "environment_not_allowed", "Environment not allowed", "Keys of this environment may not use this route."),
+            Denial::InsufficientScope { required } => Problem::new(
+                403,
+                "insufficient_scope",
+                "Insufficient scope",
+                "The API key does not hold the scopes this route requires.",
+            )
+            .with("required_scopes", json!(required)),
+            Denial::TenantNotAllowed => Problem::new(
+                403,
+                "tenant_not_allowed",
+                "Tenant not allowed",
+                "The API key is not allowed for this tenant.",
+            ),
+            Denial::EnvironmentNotAllowed => Problem::new(
+                403,
+                "environment_not_allowed",
+                "Environment not allowed",
+                "Keys of this environment may not use this route.",
+            ),
             Denial::StoreUnavailable => store_unavailable(),
-            Denial::RecordInvalid(_) => Problem::new(500, "record_invalid", "Key record invalid", "The stored record for this key could not be read; the request is denied."),
-            Denial::PepperMissing(_) => Problem::new(500, "pepper_missing", "Server misconfigured", "This key needs KEY_PEPPER, which is not set; the request is denied."),
+            Denial::RecordInvalid(_) => Problem::new(
+                500,
+                "record_invalid",
+                "Key record invalid",
+                "The stored record for this key could not be read; the request is denied.",
+            ),
+            Denial::PepperMissing(_) => Problem::new(
+                500,
+                "pepper_missing",
+                "Server misconfigured",
+                "This key needs KEY_PEPPER, which is not set; the request is denied.",
+            ),
         }
     }
 }
 
 pub fn store_unavailable() -> Problem {
-    Problem::new(503, "store_unavailable", "Key store unavailable", "The key store could not be reached; the request is denied. Retry shortly.")
-        .header("Retry-After", "5")
+    Problem::new(
+        503,
+        "store_unavailable",
+        "Key store unavailable",
+        "The key store could not be reached; the request is denied. Retry shortly.",
+    )
+    .header("Retry-After", "5")
 }
 
 pub fn policy_invalid() -> Problem {
-    Problem::new(500, "policy_invalid", "Policy invalid", "The gateway's route policy is invalid, so every request is denied. The reason is in the worker's logs.")
+    Problem::new(
+        500,
+        "policy_invalid",
+        "Policy invalid",
+        "The gateway's route policy is invalid, so every request is denied. The reason is in the worker's logs.",
+    )
 }
 
 #[cfg(test)]
@@ -96,10 +160,22 @@ mod tests {
     fn challenges() {
         let p = Problem::from_denial(&Denial::MissingKey, "r");
         assert_eq!(p.status, 401);
-        assert_eq!(p.headers, vec![("WWW-Authenticate", "Bearer realm=\"r\"".to_owned())]);
+        assert_eq!(
+            p.headers,
+            vec![("WWW-Authenticate", "Bearer realm=\"r\"".to_owned())]
+        );
         let p = Problem::from_denial(&Denial::RevokedKey, "r");
         assert_eq!(p.headers[0].1, "Bearer realm=\"r\", error=\"invalid_token\"");
-        let body: Value = serde_json::from_str(&Problem::from_denial(&Denial::InsufficientScope { required: vec!["a:b".into()] }, "r").body()).unwrap();
+        let body: Value = serde_json::from_str(
+            &Problem::from_denial(
+                &Denial::InsufficientScope {
+                    required: vec!["a:b".into()],
+                },
+                "r",
+            )
+            .body(),
+        )
+        .unwrap();
         assert_eq!(body["required_scopes"], json!(["a:b"]));
         assert_eq!(body["status"], 403);
         assert_eq!(body["code"], "insufficient_scope");

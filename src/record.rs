@@ -85,7 +85,10 @@ impl KeyRecord {
         if let Value::Object(m) = &mut v {
             m.remove("hash");
             m.remove("hash_version");
-            m.insert("status".into(), serde_json::to_value(self.status(now)).unwrap_or(Value::Null));
+            m.insert(
+                "status".into(),
+                serde_json::to_value(self.status(now)).unwrap_or(Value::Null),
+            );
         }
         v
     }
@@ -138,7 +141,10 @@ pub(crate) mod tests {
 
     #[test]
     fn slugs() {
-        assert_eq!(slug("My sandbox API key for xy company"), "my-sandbox-api-key-for-xy-company");
+        assert_eq!(
+            slug("My sandbox API key for xy company"),
+            "my-sandbox-api-key-for-xy-company"
+        );
         assert_eq!(slug("  Hello,  World!! "), "hello-world");
         assert_eq!(slug("Ünïcode"), "n-code");
     }

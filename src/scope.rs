@@ -58,7 +58,9 @@ impl fmt::Display for ScopeError {
 }
 
 pub fn is_segment(s: &str) -> bool {
-    !s.is_empty() && s.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+    !s.is_empty()
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
 }
 
 /// Splits on `.` and `:`, returning the segments and the separators between them.
@@ -88,10 +90,10 @@ fn split(s: &str) -> Result<(Vec<&str>, Vec<Sep>), ScopeError> {
 
 fn join<T: AsRef<str>>(f: &mut fmt::Formatter<'_>, segs: &[T], seps: &[Sep]) -> fmt::Result {
     for (i, seg) in segs.iter().enumerate() {
-        if i > 0 {
-            if let Some(sep) = seps.get(i - 1) {
-                write!(f, "{}", sep.as_char())?;
-            }
+        if i > 0
+            && let Some(sep) = seps.get(i - 1)
+        {
+            write!(f, "{}", sep.as_char())?;
         }
         f.write_str(seg.as_ref())?;
     }
@@ -333,16 +335,25 @@ mod tests {
     #[test]
     fn literal_and_wildcard_matching() {
         assert!(g("license:read").matches(&s("license:read")));
-        assert!(!g("license:read").matches(&s("license.read")), "separators are distinct");
+        assert!(
+            !g("license:read").matches(&s("license.read")),
+            "separators are distinct"
+        );
         assert!(!g("license:read").matches(&s("License:read")), "case-sensitive");
         assert!(g("license:*").matches(&s("license:write")));
-        assert!(!g("license:*").matches(&s("license:write:all")), "* is one segment");
+        assert!(
+            !g("license:*").matches(&s("license:write:all")),
+            "* is one segment"
+        );
         assert!(!g("license:*").matches(&s("license")));
         assert!(g("keyring.*.encrypt").matches(&s("keyring.comms.encrypt")));
         assert!(!g("keyring.*.encrypt").matches(&s("keyring.comms.decrypt")));
         assert!(g("admin.**").matches(&s("admin.keys")));
         assert!(g("admin.**").matches(&s("admin.keys:read")));
-        assert!(!g("admin.**").matches(&s("admin")), "** needs at least one segment");
+        assert!(
+            !g("admin.**").matches(&s("admin")),
+            "** needs at least one segment"
+        );
         assert!(!g("admin.**").matches(&s("admin:keys")));
         assert!(!g("license").matches(&s("license:read")));
         assert!(g("**").matches(&s("anything.at:all")));
@@ -350,7 +361,18 @@ mod tests {
 
     #[test]
     fn invalid_grants_are_rejected() {
-        for bad in ["", "lic*:read", "a.**.b", "a..b", ".a", "a:", "a b", "a.{x}", "é", "a.***"] {
+        for bad in [
+            "",
+            "lic*:read",
+            "a.**.b",
+            "a..b",
+            ".a",
+            "a:",
+            "a b",
+            "a.{x}",
+            "é",
+            "a.***",
+        ] {
             assert!(Grant::parse(bad).is_err(), "{bad:?} should be invalid");
         }
         assert!(Grant::parse(&"a.".repeat(40).trim_end_matches('.').to_owned()).is_err());

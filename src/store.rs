@@ -115,7 +115,11 @@ impl<S: KvStore> Records<'_, S> {
 
     /// Straight from the store, bypassing (and refreshing) the cache. Admin reads use this.
     pub async fn load(&self, id: &KeyId, now: Timestamp) -> Result<Option<Rc<KeyRecord>>, LookupError> {
-        let raw = self.store.get(&record_key(id)).await.map_err(LookupError::Store)?;
+        let raw = self
+            .store
+            .get(&record_key(id))
+            .await
+            .map_err(LookupError::Store)?;
         let record = match raw {
             None => None,
             Some(json) => Some(Rc::new(
@@ -135,7 +139,9 @@ impl<S: KvStore> Records<'_, S> {
         let json = serde_json::to_string(&record).map_err(|e| StoreError(e.to_string()))?;
         self.store.put(&record_key(&record.id), &json).await?;
         let record = Rc::new(record);
-        self.cache.borrow_mut().insert(record.id.clone(), Some(record.clone()), now);
+        self.cache
+            .borrow_mut()
+            .insert(record.id.clone(), Some(record.clone()), now);
         Ok(record)
     }
 

@@ -91,7 +91,10 @@ mod tests {
         let t = Timestamp::parse_rfc3339("2026-11-22T10:00:00.250Z").unwrap();
         assert_eq!(t.to_rfc3339(), "2026-11-22T10:00:00.25Z");
         assert_eq!(Timestamp::parse_rfc3339(&t.to_rfc3339()), Some(t));
-        assert_eq!(Timestamp::parse_rfc3339("2026-11-22T12:00:00+02:00"), Timestamp::parse_rfc3339("2026-11-22T10:00:00Z"));
+        assert_eq!(
+            Timestamp::parse_rfc3339("2026-11-22T12:00:00+02:00"),
+            Timestamp::parse_rfc3339("2026-11-22T10:00:00Z")
+        );
         assert!(Timestamp::parse_rfc3339("2026-11-22").is_none());
         assert!(Timestamp::parse_rfc3339("tomorrow").is_none());
     }

@@ -1,0 +1,10 @@
+#!/usr/bin/env bash
+# Builds the Worker into build/ (worker-build: cargo for wasm32, wasm-bindgen, wasm-opt, esbuild).
+# wrangler.toml's [build] command runs this, so `npx wrangler dev` builds too.
+set -euo pipefail
+source "$(dirname "$0")/toolchain.sh"
+if [ -z "${KEYGATE_SKIP_ENSURE:-}" ]; then ensure_toolchain; fi
+wasm_build_env
+cd "$ROOT"
+worker-build --release >&2
+ls -l build/index_bg.wasm >&2 2>/dev/null || true
