@@ -6,5 +6,7 @@ source "$(dirname "$0")/toolchain.sh"
 if [ -z "${KEYGATE_SKIP_ENSURE:-}" ]; then ensure_toolchain; fi
 wasm_build_env
 cd "$ROOT"
+# wrangler dev runs this on start; the run and test scripts have built already.
+if [ -n "${KEYGATE_SKIP_BUILD:-}" ] && [ -f build/index.js ]; then exit 0; fi
 worker-build --release >&2
 ls -l build/index_bg.wasm >&2 2>/dev/null || true

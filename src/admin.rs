@@ -53,6 +53,14 @@ pub struct AdminContext<'a, S> {
     /// `None` (unset or empty) disables the admin API.
     pub admin_token: Option<&'a str>,
     pub now: Timestamp,
+    /// Orders the audit events of one request (they share a timestamp).
+    audit_seq: std::cell::Cell<u32>,
+}
+
+impl<'a, S> AdminContext<'a, S> {
+    pub fn new(gateway: &'a Gateway, records: Records<'a, S>, admin_token: Option<&'a str>, now: Timestamp) -> Self {
+        AdminContext { gateway, records, admin_token, now, audit_seq: std::cell::Cell::new(0) }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -581,14 +589,16 @@ impl<S: KvStore> AdminContext<'_, S> {
         raw_id: &str,
         req: &AdminRequest<'_, H>,
     ) -> AdminResult {
-        let current = self.existing(raw_id).await?;
-        actor.may_manage(current.environment, &current.scopes, &current.tenants)?;
-        self.records
-            .delete(&current.id, self.now)
-            .await
-            .map_err(store_error)?;
-        self.audit(actor, "key.delete", &current.id, req.client_ip, vec![])
-            .await;
+        let id = KeyId::parse(raw_id).ok_or_else(key_not_found)?;
+        match self.records.load(&id, self.now).await {
+            Ok(Some(current)) => actor.may_manage(current.environment, &current.scopes, &current.tenants)?,
+            Ok(None) => return Err(key_not_found()),
+            // The operator's token may purge a corrupt record; an admin key cannot prove its reach.
+            Err(LookupError::Corrupt(_)) if matches!(actor, Actor::Token) => {}
+            Err(e) => return Err(lookup_error(e)),
+        }
+        self.records.delete(&id, self.now).await.map_err(store_error)?;
+        self.audit(actor, "key.delete", &id, req.client_ip, vec![]).await;
         Ok(Reply {
             status: 204,
             body: None,
@@ -624,8 +634,12 @@ impl<S: KvStore> AdminContext<'_, S> {
             let Some(id) = k.strip_prefix(RECORD_PREFIX).and_then(KeyId::parse) else {
                 continue;
             };
-            let Some(r) = self.records.load(&id, self.now).await.map_err(lookup_error)? else {
-                continue;
+            // A corrupt record cannot be shown; it is skipped here (and still fails closed on the
+            // validation path, answers 500 on GET, and can be deleted).
+            let r = match self.records.load(&id, self.now).await {
+                Ok(Some(r)) => r,
+                Ok(None) | Err(LookupError::Corrupt(_)) => continue,
+                Err(LookupError::Store(e)) => return Err(store_error(e)),
             };
             let keep = environment.is_none_or(|e| r.environment == e)
                 && status.is_none_or(|s| r.status(self.now) == s)
@@ -695,7 +709,14 @@ impl<S: KvStore> AdminContext<'_, S> {
         let Ok(json) = serde_json::to_string(&event) else {
             return;
         };
-        let order = format!("{:020}:{event_id}", i64::MAX.saturating_sub(self.now.millis()));
+        // Newest first: inverted time, then inverted sequence within this request.
+        let seq = self.audit_seq.get();
+        self.audit_seq.set(seq.saturating_add(1));
+        let order = format!(
+            "{:020}:{:010}:{event_id}",
+            i64::MAX.saturating_sub(self.now.millis()),
+            u32::MAX.saturating_sub(seq)
+        );
         let _ = self
             .records
             .store
@@ -938,8 +959,8 @@ fn parse_body<T: serde::de::DeserializeOwned, H: HeaderSource + ?Sized>(
     serde_path_to_error::deserialize(value).map_err(|e| {
         let inner = e.inner().to_string();
         let mut field = e.path().to_string();
-        // For unknown and missing fields serde names the field in its message.
-        if (inner.starts_with("unknown field") || inner.starts_with("missing field"))
+        // A missing field is reported at its parent; serde names the field in its message.
+        if inner.starts_with("missing field")
             && let Some(name) = inner.split('`').nth(1)
         {
             field = if field == "." {

@@ -36,8 +36,10 @@ fn gateway(env: &Env) -> Result<Rc<Gateway>, String> {
     GATEWAY.with(|g| {
         g.borrow_mut()
             .get_or_insert_with(|| {
+                // Structured in wrangler.toml; a JSON string when given with `--var`.
                 let raw = env
                     .object_var::<serde_json::Value>("POLICY")
+                    .or_else(|_| env.var("POLICY").map(|v| serde_json::Value::String(v.to_string())))
                     .map_err(|e| format!("POLICY var missing or unreadable: {e}"))?;
                 let policy = Policy::from_json(&raw).map_err(|e| e.0)?;
                 let pepper = env.secret("KEY_PEPPER").ok().map(|s| s.to_string());
@@ -324,12 +326,7 @@ async fn admin(
         cache_ttl: None,
     };
     let token = env.secret("ADMIN_TOKEN").ok().map(|s| s.to_string());
-    let ctx = AdminContext {
-        gateway,
-        records: Records { store: &kv, cache },
-        admin_token: token.as_deref(),
-        now: now(),
-    };
+    let ctx = AdminContext::new(gateway, Records { store: &kv, cache }, token.as_deref(), now());
     let method = req.method().to_string();
     let headers = RequestHeaders(req.headers());
     let request = AdminRequest {

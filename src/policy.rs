@@ -186,8 +186,12 @@ pub struct Route {
 }
 
 impl Route {
+    /// `OPTIONS` matches by path alone: a preflight to a protected path is treated as a request
+    /// to that route (so without a key it is 401), until CORS becomes policy of its own.
     fn allows_method(&self, method: &str) -> bool {
-        self.methods
+        method.eq_ignore_ascii_case("OPTIONS")
+            || self
+                .methods
             .as_ref()
             .is_none_or(|ms| ms.iter().any(|m| m.eq_ignore_ascii_case(method)))
     }

@@ -1,0 +1,46 @@
+#!/usr/bin/env bash
+# Runs the worker locally: installs/builds what is missing, creates .dev.vars with a random
+# ADMIN_TOKEN on first run, starts the local echo origin, and serves the worker with
+# `wrangler dev` on 127.0.0.1 with KV persisted under .wrangler/state.
+# Env: PORT (default 8787), ORIGIN_PORT (default 8788), ORIGIN (default: the local echo origin).
+set -euo pipefail
+source "$(dirname "$0")/toolchain.sh"
+cd "$ROOT"
+ensure_toolchain
+PORT=${PORT:-8787}
+ORIGIN_PORT=${ORIGIN_PORT:-8788}
+
+if [ ! -f .dev.vars ]; then
+  umask 077
+  printf 'ADMIN_TOKEN=%s\n' "$(od -An -N32 -tx1 /dev/urandom | tr -d ' \n')" > .dev.vars
+  log "created .dev.vars with a random ADMIN_TOKEN"
+fi
+ADMIN_TOKEN=$(sed -n 's/^ADMIN_TOKEN=//p' .dev.vars)
+
+pids=()
+cleanup() {
+  for p in "${pids[@]}"; do kill -TERM -- "-$p" 2>/dev/null || kill -TERM "$p" 2>/dev/null || true; done
+}
+trap cleanup EXIT INT TERM
+
+if [ -z "${ORIGIN:-}" ]; then
+  setsid node scripts/echo-origin.mjs "$ORIGIN_PORT" >&2 &
+  pids+=($!)
+  ORIGIN="http://127.0.0.1:$ORIGIN_PORT"
+fi
+
+# Build once here so wrangler's own build step can be skipped.
+bash scripts/build.sh
+cat <<MSG
+
+keygate is starting on http://127.0.0.1:$PORT (origin: $ORIGIN; KV persisted in .wrangler/state)
+  curl http://127.0.0.1:$PORT/healthz
+  curl -X POST http://127.0.0.1:$PORT/admin/keys -H "Authorization: Bearer $ADMIN_TOKEN" \\
+       -H 'Content-Type: application/json' -d '{"name":"my key","scopes":["license:read"]}'
+  curl http://127.0.0.1:$PORT/licenses/42 -H "Authorization: Bearer <key from above>"
+The admin token is in .dev.vars. Stop with Ctrl-C.
+
+MSG
+KEYGATE_SKIP_BUILD=1 setsid npx wrangler dev --ip 127.0.0.1 --port "$PORT" --var "ORIGIN:$ORIGIN" &
+pids+=($!)
+wait "${pids[-1]}"

@@ -1,0 +1,288 @@
+//! The end-to-end harness: builds the worker, starts a local echo origin and `wrangler dev`
+//! (workerd, local KV in a fresh temporary directory, its own ADMIN_TOKEN) on free loopback
+//! ports, and stops every process group it started when dropped, even after failures.
+
+use std::io::{BufRead, BufReader, Read};
+use std::net::TcpListener;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+pub fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .unwrap_or_else(|e| panic!("e2e: cannot find a free loopback port: {e}"))
+}
+
+fn random_hex(n: usize) -> String {
+    let mut buf = vec![0u8; n];
+    getrandom::fill(&mut buf).expect("randomness");
+    hex::encode(buf)
+}
+
+/// Builds the worker once (scripts/build.sh), failing loudly if it cannot.
+pub fn build_worker() {
+    let status = Command::new("bash")
+        .arg("scripts/build.sh")
+        .current_dir(root())
+        .env("KEYGATE_SKIP_ENSURE", "1")
+        .status()
+        .unwrap_or_else(|e| panic!("e2e: cannot run scripts/build.sh: {e}"));
+    assert!(
+        status.success() && root().join("build/index.js").exists(),
+        "e2e: the worker could not be built (scripts/build.sh exited with {status}); run `bash scripts/test.sh` to install the toolchain first"
+    );
+}
+
+/// A child process in its own process group; the whole group is stopped on drop.
+pub struct Group {
+    child: Child,
+    name: &'static str,
+    log: Option<PathBuf>,
+}
+
+impl Group {
+    fn spawn(name: &'static str, mut cmd: Command, log: Option<PathBuf>) -> Group {
+        cmd.process_group(0);
+        let child = cmd.spawn().unwrap_or_else(|e| panic!("e2e: cannot start {name}: {e}"));
+        Group { child, name, log }
+    }
+
+    fn log_tail(&self) -> String {
+        let Some(path) = &self.log else { return String::new() };
+        let text = std::fs::read_to_string(path).unwrap_or_default();
+        let lines: Vec<&str> = text.lines().collect();
+        lines[lines.len().saturating_sub(30)..].join("\n")
+    }
+
+    fn stop(&mut self) {
+        let pgid = self.child.id() as i32;
+        let signal = |sig: &str| {
+            let _ = Command::new("kill").args([sig, "--", &format!("-{pgid}")]).stderr(Stdio::null()).status();
+        };
+        signal("-TERM");
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        // Whatever is left of the group (workerd children included) goes now.
+        signal("-KILL");
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Group {
+    fn drop(&mut self) {
+        eprintln!("e2e: stopping {} (process group {})", self.name, self.child.id());
+        self.stop();
+    }
+}
+
+/// The local origin: echoes what it received as JSON.
+pub struct Origin {
+    pub port: u16,
+    _group: Group,
+}
+
+pub fn start_origin() -> Origin {
+    let mut cmd = Command::new("node");
+    cmd.args(["scripts/echo-origin.mjs", "0"]).current_dir(root()).stdout(Stdio::piped());
+    let mut group = Group::spawn("echo origin", cmd, None);
+    let stdout = group.child.stdout.take().expect("origin stdout");
+    let mut line = String::new();
+    BufReader::new(stdout).read_line(&mut line).expect("origin output");
+    let port = line
+        .trim()
+        .strip_prefix("listening ")
+        .and_then(|p| p.parse().ok())
+        .unwrap_or_else(|| panic!("e2e: the echo origin did not start: {line:?}"));
+    Origin { port, _group: group }
+}
+
+pub struct Worker {
+    pub base: String,
+    pub admin_token: String,
+    pub persist: PathBuf,
+    group: Group,
+}
+
+pub struct WorkerOptions<'a> {
+    pub origin_port: u16,
+    /// Replaces the policy of wrangler.toml (JSON text).
+    pub policy: Option<&'a str>,
+    /// KV entries written before the worker starts: (key, value).
+    pub seed: &'a [(String, String)],
+    /// Start without an ADMIN_TOKEN (the admin API is then disabled).
+    pub no_admin_token: bool,
+}
+
+pub fn start_worker(opts: WorkerOptions<'_>) -> Worker {
+    let port = free_port();
+    let persist = std::env::temp_dir().join(format!("keygate-e2e-{}", random_hex(6)));
+    std::fs::create_dir_all(&persist).expect("persist dir");
+    for (k, v) in opts.seed {
+        wrangler_kv(&persist, &["put", k, v]);
+    }
+    let admin_token = if opts.no_admin_token { String::new() } else { random_hex(24) };
+    let log = persist.join("wrangler.log");
+    let log_file = std::fs::File::create(&log).expect("log file");
+    let mut cmd = Command::new("npx");
+    cmd.args(["wrangler", "dev", "--ip", "127.0.0.1", "--port", &port.to_string()])
+        .arg("--persist-to")
+        .arg(&persist)
+        .args(["--var", &format!("ORIGIN:http://127.0.0.1:{}", opts.origin_port)])
+        .args(["--var", &format!("ADMIN_TOKEN:{admin_token}")])
+        .args(["--show-interactive-dev-session=false", "--log-level", "log"]);
+    if let Some(p) = opts.policy {
+        cmd.args(["--var", &format!("POLICY:{p}")]);
+    }
+    cmd.current_dir(root())
+        .env("KEYGATE_SKIP_BUILD", "1")
+        .env("CLOUDFLARE_CF_FETCH_ENABLED", "false")
+        .env("WRANGLER_SEND_METRICS", "false")
+        .env("CI", "true")
+        .stdin(Stdio::null())
+        .stdout(log_file.try_clone().expect("log"))
+        .stderr(log_file);
+    let mut group = Group::spawn("wrangler dev", cmd, Some(log.clone()));
+    let base = format!("http://127.0.0.1:{port}");
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        if let Ok(Some(status)) = group.child.try_wait() {
+            panic!("e2e: wrangler dev exited ({status}) before it was ready:\n{}", group.log_tail());
+        }
+        // Any HTTP answer means workerd is serving (the bad-policy worker answers 500).
+        if agent().get(&format!("{base}/healthz")).call().is_ok() {
+            break;
+        }
+        if Instant::now() > deadline {
+            let tail = group.log_tail();
+            group.stop();
+            panic!("e2e: wrangler dev did not answer /healthz within 120 s:\n{tail}");
+        }
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    Worker { base, admin_token, persist, group }
+}
+
+impl Worker {
+    pub fn log(&self) -> String {
+        self.group.log_tail()
+    }
+}
+
+impl Drop for Worker {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.persist);
+    }
+}
+
+/// `wrangler kv key <args> --binding KEYS --local --persist-to DIR`; returns stdout.
+pub fn wrangler_kv(persist: &Path, args: &[&str]) -> String {
+    let out = Command::new("npx")
+        .args(["wrangler", "kv", "key"])
+        .args(args)
+        .args(["--binding", "KEYS", "--local", "--persist-to"])
+        .arg(persist)
+        .current_dir(root())
+        .env("CLOUDFLARE_CF_FETCH_ENABLED", "false")
+        .env("WRANGLER_SEND_METRICS", "false")
+        .env("KEYGATE_SKIP_BUILD", "1")
+        .stdin(Stdio::null())
+        .output()
+        .unwrap_or_else(|e| panic!("e2e: cannot run wrangler kv: {e}"));
+    assert!(out.status.success(), "wrangler kv {args:?} failed: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Does any file under `dir` contain `needle`?
+pub fn dir_contains(dir: &Path, needle: &[u8]) -> bool {
+    let Ok(entries) = std::fs::read_dir(dir) else { return false };
+    entries.flatten().any(|e| {
+        let p = e.path();
+        if p.is_dir() {
+            dir_contains(&p, needle)
+        } else {
+            let mut buf = Vec::new();
+            std::fs::File::open(&p).and_then(|mut f| f.read_to_end(&mut buf)).is_ok()
+                && buf.windows(needle.len()).any(|w| w == needle)
+        }
+    })
+}
+
+/// Is anything still listening on this port?
+pub fn port_open(port: u16) -> bool {
+    std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
+}
+
+// ---- HTTP ---------------------------------------------------------------------------------------
+
+pub struct Resp {
+    pub status: u16,
+    pub headers: Vec<(String, String)>,
+    pub body: String,
+}
+
+impl Resp {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.iter().find(|(k, _)| k.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str())
+    }
+
+    pub fn json(&self) -> Value {
+        serde_json::from_str(&self.body).unwrap_or_else(|e| panic!("not JSON ({e}): {}", self.body))
+    }
+
+    /// The problem code of a denial, checking the problem+json shape on the way.
+    pub fn code(&self) -> String {
+        assert_eq!(self.header("content-type"), Some("application/problem+json"), "body: {}", self.body);
+        let v = self.json();
+        for k in ["type", "title", "detail", "code"] {
+            assert!(v[k].is_string(), "problem lacks {k}: {}", self.body);
+        }
+        assert_eq!(v["status"], self.status, "problem status: {}", self.body);
+        v["code"].as_str().unwrap_or_default().to_owned()
+    }
+
+    /// What the echo origin received (only for forwarded requests).
+    pub fn echoed(&self) -> Value {
+        assert_eq!(self.header("x-origin"), Some("echo"), "not forwarded: {} {}", self.status, self.body);
+        self.json()
+    }
+}
+
+fn agent() -> ureq::Agent {
+    ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .max_redirects(0)
+        .timeout_global(Some(Duration::from_secs(30)))
+        .build()
+        .into()
+}
+
+pub fn send(method: &str, url: &str, headers: &[(&str, &str)], body: Option<&str>) -> Resp {
+    let mut req = ureq::http::Request::builder().method(method).uri(url);
+    for (k, v) in headers {
+        req = req.header(*k, *v);
+    }
+    let req = req.body(body.unwrap_or_default().to_owned()).expect("request");
+    let mut resp = agent().run(req).unwrap_or_else(|e| panic!("{method} {url}: {e}"));
+    let headers = resp
+        .headers()
+        .iter()
+        .map(|(k, v)| (k.as_str().to_owned(), v.to_str().unwrap_or_default().to_owned()))
+        .collect();
+    let status = resp.status().as_u16();
+    let body = resp.body_mut().read_to_string().unwrap_or_default();
+    Resp { status, headers, body }
+}

@@ -1,0 +1,125 @@
+//! End-to-end tests: the real built worker under workerd (`wrangler dev`), real local KV, a real
+//! local origin, real HTTP. Three workers run: the main one (the policy of wrangler.toml), one
+//! with an invalid policy, and one without an admin token.
+
+mod admin;
+mod gateway;
+mod harness;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use harness::{Origin, Resp, Worker, WorkerOptions, send, start_origin, start_worker};
+use libtest_mimic::{Arguments, Trial};
+use serde_json::{Value, json};
+
+pub struct Ctx {
+    pub main: Worker,
+    pub bad_policy: Worker,
+    pub no_admin: Worker,
+    pub origin: Origin,
+    /// A well-formed key id whose KV record is corrupt (seeded before start).
+    pub corrupt_id: String,
+}
+
+/// A key string with a valid shape and checksum, for ids the worker never issued.
+pub fn forge_key(env: &str, id: &str) -> String {
+    let body = format!("kg_{env}_{id}_{}", "ab".repeat(32));
+    format!("{body}_{:08x}", crc32fast::hash(body.as_bytes()))
+}
+
+impl Ctx {
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.main.base)
+    }
+
+    pub fn call(&self, method: &str, path: &str, headers: &[(&str, &str)], body: Option<&str>) -> Resp {
+        send(method, &self.url(path), headers, body)
+    }
+
+    /// An admin call with the operator token.
+    pub fn admin(&self, method: &str, path: &str, body: Option<Value>) -> Resp {
+        let auth = format!("Bearer {}", self.main.admin_token);
+        let body = body.map(|b| b.to_string());
+        let mut headers = vec![("Authorization", auth.as_str())];
+        if body.is_some() {
+            headers.push(("Content-Type", "application/json"));
+        }
+        let r = self.call(method, path, &headers, body.as_deref());
+        assert_eq!(r.header("cache-control"), Some("no-store"), "{method} {path}");
+        r
+    }
+
+    /// An admin call authenticated with an API key.
+    pub fn admin_as(&self, key: &str, method: &str, path: &str, body: Option<Value>, ip: Option<&str>) -> Resp {
+        let auth = format!("Bearer {key}");
+        let body = body.map(|b| b.to_string());
+        let mut headers = vec![("Authorization", auth.as_str()), ("Content-Type", "application/json")];
+        if let Some(ip) = ip {
+            headers.push(("CF-Connecting-IP", ip));
+        }
+        self.call(method, path, &headers, body.as_deref())
+    }
+
+    /// Issue a key; returns (plaintext key, record).
+    pub fn create(&self, body: Value) -> (String, Value) {
+        let r = self.admin("POST", "/admin/keys", Some(body.clone()));
+        assert_eq!(r.status, 201, "create {body}: {}", r.body);
+        let v = r.json();
+        (v["key"].as_str().expect("key").to_owned(), v["record"].clone())
+    }
+
+    pub fn key_with(&self, scopes: &[&str]) -> (String, String) {
+        let (k, rec) = self.create(json!({"name": "e2e", "scopes": scopes}));
+        (k, rec["id"].as_str().unwrap_or_default().to_owned())
+    }
+}
+
+fn main() {
+    let args = Arguments::from_args();
+    let corrupt_id = "00000000c0ffee00".to_owned();
+    harness::build_worker();
+    let origin = start_origin();
+    let origin_port = origin.port;
+    let seed = vec![(format!("key:{corrupt_id}"), "{not json".to_owned())];
+    // Start the three workers side by side: each takes a while to boot.
+    let main = std::thread::spawn(move || start_worker(WorkerOptions { origin_port, policy: None, seed: &seed, no_admin_token: false }));
+    let bad = std::thread::spawn(move || {
+        start_worker(WorkerOptions {
+            origin_port,
+            policy: Some(r#"{"routes": [{"path": "/x", "ip_allowlist": ["10.0.0.1/8"]}]}"#),
+            seed: &[],
+            no_admin_token: false,
+        })
+    });
+    let (main, bad_policy) = match (main.join(), bad.join()) {
+        (Ok(m), Ok(b)) => (m, b),
+        _ => panic!("e2e: a worker failed to start (see the messages above)"),
+    };
+    let no_admin = start_worker(WorkerOptions { origin_port, policy: None, seed: &[], no_admin_token: true });
+    let ctx = Arc::new(Ctx { main, bad_policy, no_admin, origin, corrupt_id });
+    let ports: Vec<u16> = [&ctx.main, &ctx.bad_policy, &ctx.no_admin]
+        .iter()
+        .filter_map(|w| w.base.rsplit(':').next()?.parse().ok())
+        .collect();
+
+    let mut trials = Vec::new();
+    for (name, f) in gateway::TESTS.iter().chain(admin::TESTS) {
+        let ctx = Arc::clone(&ctx);
+        let f = *f;
+        trials.push(Trial::test(*name, move || {
+            f(&ctx);
+            Ok(())
+        }));
+    }
+    let conclusion = libtest_mimic::run(&args, trials);
+    if conclusion.has_failed() {
+        eprintln!("e2e: main worker log tail:\n{}", ctx.main.log());
+    }
+    drop(ctx);
+    std::thread::sleep(Duration::from_millis(200));
+    for p in ports {
+        assert!(!harness::port_open(p), "e2e: something still listens on port {p} after shutdown");
+    }
+    conclusion.exit();
+}
