@@ -102,6 +102,11 @@ impl RecordCache {
         }
     }
 
+    pub fn clear(&mut self) {
+        self.entries.clear();
+        self.negatives = 0;
+    }
+
     pub fn len(&self) -> usize {
         self.entries.len()
     }

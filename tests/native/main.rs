@@ -1,0 +1,127 @@
+//! Native tests of the whole decision and admin paths over in-memory and failing stores.
+//! (The same code runs in the worker; the e2e suite covers the workers-rs adapter.)
+
+mod admin;
+mod decision;
+
+use std::cell::RefCell;
+
+use futures::executor::block_on;
+use keygate::admin::{AdminContext, AdminRequest, Reply};
+use keygate::cache::RecordCache;
+use keygate::decide::{Decision, Gateway, RequestFacts};
+use keygate::ip::ClientIp;
+use keygate::key::KeyHasher;
+use keygate::policy::Policy;
+use keygate::problem::Problem;
+use keygate::store::{KvStore, ListPage, MemoryStore, Records, StoreError};
+use keygate::time::Timestamp;
+use serde_json::{Value, json};
+
+pub const TOKEN: &str = "test-admin-token";
+pub const T0: i64 = 1_800_000_000_000;
+
+pub fn policy() -> Policy {
+    Policy::from_json(&json!({
+        "routes": [
+            {"path": "/public/*", "public": true},
+            {"path": "/internal/*", "ip_allowlist": ["10.0.0.0/8"], "scopes": ["internal:access"]},
+            {"methods": ["GET"], "path": "/licenses/*", "scopes": ["license:read"]},
+            {"methods": ["POST"], "path": "/keyrings/{ring}/encrypt", "scopes": ["keyring.{ring}.encrypt"]},
+            {"path": "/orgs/{org}/*", "scopes": ["org:access"], "tenant_param": "org"}
+        ]
+    }))
+    .unwrap()
+}
+
+/// A gateway with its store and cache, at a controllable time.
+pub struct World<S = MemoryStore> {
+    pub gateway: Gateway,
+    pub store: S,
+    pub cache: RefCell<RecordCache>,
+    pub now: Timestamp,
+}
+
+impl World<MemoryStore> {
+    pub fn new() -> Self {
+        World::with_store(MemoryStore::new())
+    }
+}
+
+impl<S: KvStore> World<S> {
+    pub fn with_store(store: S) -> Self {
+        World {
+            gateway: Gateway { policy: policy(), hasher: KeyHasher::new(None) },
+            store,
+            cache: RefCell::new(RecordCache::new(100, 100, 10, 5)),
+            now: Timestamp::from_millis(T0),
+        }
+    }
+
+    pub fn records(&self) -> Records<'_, S> {
+        Records { store: &self.store, cache: &self.cache }
+    }
+
+    pub fn decide(&self, method: &str, path: &str, headers: &[(&str, &str)], ip: Option<&str>) -> Decision {
+        let headers: Vec<(String, String)> = headers.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        let facts = RequestFacts {
+            method,
+            path,
+            query: None,
+            headers: &headers,
+            client_ip: ip.and_then(ClientIp::parse),
+        };
+        block_on(self.gateway.decide(&facts, &self.records(), self.now))
+    }
+
+    pub fn admin_raw(&self, method: &str, path: &str, auth: &str, body: Option<&str>) -> Result<Reply, Problem> {
+        let mut headers = vec![("authorization".to_owned(), format!("Bearer {auth}"))];
+        if body.is_some() {
+            headers.push(("content-type".to_owned(), "application/json".to_owned()));
+        }
+        let (path, query) = match path.split_once('?') {
+            Some((p, q)) => (p, Some(q)),
+            None => (path, None),
+        };
+        let req = AdminRequest {
+            method,
+            path,
+            query,
+            headers: &headers,
+            body: body.unwrap_or_default().as_bytes(),
+            client_ip: None,
+        };
+        let ctx = AdminContext::new(&self.gateway, self.records(), Some(TOKEN), self.now);
+        block_on(ctx.handle(&req))
+    }
+
+    pub fn admin(&self, method: &str, path: &str, body: Option<Value>) -> Result<Reply, Problem> {
+        self.admin_raw(method, path, TOKEN, body.map(|b| b.to_string()).as_deref())
+    }
+
+    /// Issue a key through the admin API: (plaintext, record).
+    pub fn issue(&self, body: Value) -> (String, Value) {
+        let reply = self.admin("POST", "/admin/keys", Some(body)).unwrap();
+        assert_eq!(reply.status, 201);
+        let v = reply.body.unwrap();
+        (v["key"].as_str().unwrap().to_owned(), v["record"].clone())
+    }
+}
+
+/// A store whose every call fails, as KV does in an outage.
+pub struct DownStore;
+
+impl KvStore for DownStore {
+    async fn get(&self, _: &str) -> Result<Option<String>, StoreError> {
+        Err(StoreError("down".into()))
+    }
+    async fn put(&self, _: &str, _: &str) -> Result<(), StoreError> {
+        Err(StoreError("down".into()))
+    }
+    async fn delete(&self, _: &str) -> Result<(), StoreError> {
+        Err(StoreError("down".into()))
+    }
+    async fn list(&self, _: &str, _: Option<&str>, _: u32) -> Result<ListPage, StoreError> {
+        Err(StoreError("down".into()))
+    }
+}
