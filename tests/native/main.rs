@@ -3,6 +3,7 @@
 
 mod admin;
 mod decision;
+mod shipped_policy;
 
 use std::cell::RefCell;
 
