@@ -52,12 +52,16 @@ ensure_wasm_std() {
     printf '[package]\nname = "stdbuild"\nversion = "0.0.0"\nedition = "2021"\n[lib]\npath = "src/lib.rs"\n' > "$tmp/Cargo.toml"
     echo '#![no_std]' > "$tmp/src/lib.rs"
     log "building the wasm32 std with -Z build-std (about 80 s)"
-    (cd "$tmp" && RUSTC_BOOTSTRAP=1 RUSTFLAGS="-Cembed-bitcode=yes" \
-      CARGO_TARGET_WASM32_UNKNOWN_UNKNOWN_LINKER=wasm-ld-19 RUSTUP_TOOLCHAIN= \
-      /usr/bin/cargo build --release --target "$WASM_TARGET" -Z build-std=std,panic_abort >&2)
+    # Debian's cargo with Debian's rustc (not rustup's proxy on PATH), so build-std finds the
+    # library sources of rust-web-src under /usr/lib/rustlib/src.
+    (cd "$tmp" && env -u RUSTUP_TOOLCHAIN RUSTC=/usr/bin/rustc RUSTC_BOOTSTRAP=1 RUSTFLAGS="-Cembed-bitcode=yes" \
+      CARGO_TARGET_WASM32_UNKNOWN_UNKNOWN_LINKER=wasm-ld-19 \
+      /usr/bin/cargo build --release --target "$WASM_TARGET" -Z build-std=std,panic_abort >&2) ||
+      { log "building the wasm32 std failed"; rm -rf "$tmp"; return 1; }
     mkdir -p "$libdir"
     find "$tmp/target/$WASM_TARGET/release/deps" -name '*.rlib' ! -name 'libstdbuild-*' -exec cp {} "$libdir"/ \;
     rm -rf "$tmp"
+    ls "$libdir"/libstd-*.rlib >/dev/null 2>&1 || { log "no wasm32 std in $libdir"; return 1; }
   fi
   [ -e /usr/local/bin/rust-lld ] || ln -sf /usr/lib/llvm-19/bin/lld /usr/local/bin/rust-lld
   rustup toolchain list | grep -q '^system' || rustup toolchain link system /usr
