@@ -256,7 +256,7 @@ fn decision(c: &mut Criterion) {
         match block_on(gateway.decide(&ok, records, NOW)) {
             Decision::Forward(f) => {
                 let p = f.principal.expect("an authenticated principal");
-                assert_eq!(&p.key_id, key.id());
+                assert_eq!(p.key_id(), key.id());
                 assert_eq!(p.tenant.as_deref(), Some("acme"));
                 assert!(f.credential.in_bearer_header);
                 assert_eq!(f.sunset, None);

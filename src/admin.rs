@@ -58,8 +58,19 @@ pub struct AdminContext<'a, S> {
 }
 
 impl<'a, S> AdminContext<'a, S> {
-    pub fn new(gateway: &'a Gateway, records: Records<'a, S>, admin_token: Option<&'a str>, now: Timestamp) -> Self {
-        AdminContext { gateway, records, admin_token, now, audit_seq: std::cell::Cell::new(0) }
+    pub fn new(
+        gateway: &'a Gateway,
+        records: Records<'a, S>,
+        admin_token: Option<&'a str>,
+        now: Timestamp,
+    ) -> Self {
+        AdminContext {
+            gateway,
+            records,
+            admin_token,
+            now,
+            audit_seq: std::cell::Cell::new(0),
+        }
     }
 }
 
@@ -872,20 +883,31 @@ fn nullable<'de, T: Deserialize<'de>, D: serde::Deserializer<'de>>(
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct PatchBody {
+    #[serde(default, deserialize_with = "not_null")]
     name: Option<String>,
     #[serde(default, deserialize_with = "nullable")]
     description: Option<Option<String>>,
     #[serde(default, deserialize_with = "nullable")]
     group: Option<Option<String>>,
+    #[serde(default, deserialize_with = "not_null")]
     scopes: Option<Vec<String>>,
+    #[serde(default, deserialize_with = "not_null")]
     ip_allowlist: Option<Vec<String>>,
+    #[serde(default, deserialize_with = "not_null")]
     tenants: Option<Vec<String>>,
+    #[serde(default, deserialize_with = "not_null")]
     metadata: Option<Value>,
     #[serde(default, deserialize_with = "nullable_value")]
     expires_in: Option<Value>,
     #[serde(default, deserialize_with = "nullable")]
     expires_at: Option<Option<String>>,
+    #[serde(default, deserialize_with = "not_null")]
     enabled: Option<bool>,
+}
+
+/// Absent is `None`; an explicit `null` is a type error (these fields cannot be cleared).
+fn not_null<'de, T: Deserialize<'de>, D: serde::Deserializer<'de>>(d: D) -> Result<Option<T>, D::Error> {
+    T::deserialize(d).map(Some)
 }
 
 /// Keeps an explicit `null` as `Some(Value::Null)`.
@@ -929,12 +951,11 @@ fn parse_body<T: serde::de::DeserializeOwned, H: HeaderSource + ?Sized>(
             "The body is over 64 KiB.",
         ));
     }
-    let body: &[u8] = if req.body.iter().all(u8::is_ascii_whitespace) && empty_ok {
-        b"{}"
-    } else {
-        req.body
-    };
-    if body != b"{}" || !empty_ok {
+    // Revoke and rotate take an optional body: no body at all means `{}`. Anything else,
+    // whitespace included, must be JSON.
+    let absent = empty_ok && req.body.is_empty();
+    let body: &[u8] = if absent { b"{}" } else { req.body };
+    if !absent {
         let ct = req.headers.header("content-type").unwrap_or_default();
         if !is_json(&ct) {
             return Err(Problem::new(
@@ -1070,7 +1091,12 @@ const MAX_SECONDS: i64 = 100 * 31_536_000;
 fn duration(v: &Value, zero_ok: bool) -> Option<i64> {
     let s = match v {
         Value::String(s) => PRESETS.iter().find(|(p, _)| p == s).map(|(_, n)| *n)?,
-        Value::Number(n) => n.as_i64()?,
+        // Whole-number floats (`3600.0`) are integers to JSON Schema and to many clients.
+        Value::Number(n) => n.as_i64().or_else(|| {
+            n.as_f64()
+                .filter(|f| f.fract() == 0.0 && f.abs() < 1e15)
+                .map(|f| f as i64)
+        })?,
         _ => return None,
     };
     (s > 0 || (zero_ok && s == 0))

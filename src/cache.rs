@@ -43,13 +43,12 @@ impl RecordCache {
 
     /// `Some(answer)` when a fresh answer is cached (`Some(None)` = known not to exist).
     pub fn get(&mut self, id: &KeyId, now: Timestamp) -> Option<Option<Rc<KeyRecord>>> {
-        let fresh = self.entries.get(id).map(|e| e.until > now)?;
-        if fresh {
-            self.entries.get(id).map(|e| e.record.clone())
-        } else {
-            self.remove(id);
-            None
+        let entry = self.entries.get(id)?;
+        if entry.until > now {
+            return Some(entry.record.clone());
         }
+        self.remove(id);
+        None
     }
 
     pub fn insert(&mut self, id: KeyId, record: Option<Rc<KeyRecord>>, now: Timestamp) {

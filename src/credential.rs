@@ -16,12 +16,16 @@ pub trait HeaderSource {
 
 impl HeaderSource for [(String, String)] {
     fn header(&self, name: &str) -> Option<String> {
-        let values: Vec<&str> = self
+        let mut values = self
             .iter()
             .filter(|(k, _)| k.eq_ignore_ascii_case(name))
-            .map(|(_, v)| v.as_str())
-            .collect();
-        (!values.is_empty()).then(|| values.join(", "))
+            .map(|(_, v)| v.as_str());
+        let mut joined = values.next()?.to_owned();
+        for v in values {
+            joined.push_str(", ");
+            joined.push_str(v);
+        }
+        Some(joined)
     }
 }
 
@@ -57,8 +61,15 @@ pub fn extract<H: HeaderSource + ?Sized>(
     query: Option<&str>,
 ) -> (Result<String, CredentialError>, Found) {
     let mut found = Found::default();
-    let mut values: Vec<String> = Vec::new();
+    // The first credential seen, and whether a different one followed (the same key sent
+    // several times is one credential).
+    let mut value: Option<String> = None;
+    let mut ambiguous = false;
     let mut malformed = false;
+    let mut push = |v: &str| match &value {
+        None => value = Some(v.to_owned()),
+        Some(first) => ambiguous |= first != v,
+    };
 
     if let Some(v) = headers.header(&cfg.bearer_header) {
         for item in v.split(',') {
@@ -72,7 +83,7 @@ pub fn extract<H: HeaderSource + ?Sized>(
             if token.is_empty() || token.contains(is_ws) {
                 malformed = true;
             } else {
-                values.push(token.to_owned());
+                push(token);
             }
         }
     }
@@ -83,7 +94,7 @@ pub fn extract<H: HeaderSource + ?Sized>(
             if item.is_empty() || item.contains(is_ws) {
                 malformed = true;
             } else {
-                values.push(item.to_owned());
+                push(item);
             }
         }
     }
@@ -95,19 +106,17 @@ pub fn extract<H: HeaderSource + ?Sized>(
                 if v.is_empty() {
                     malformed = true;
                 } else {
-                    values.push(v.to_owned());
+                    push(v);
                 }
             }
         }
     }
 
-    values.sort();
-    values.dedup();
-    let result = match (values.len(), malformed) {
-        (n, _) if n > 1 => Err(CredentialError::Ambiguous),
-        (_, true) => Err(CredentialError::Malformed),
-        (1, false) => values.pop().ok_or(CredentialError::Missing),
-        _ => Err(CredentialError::Missing),
+    let result = match (value, ambiguous, malformed) {
+        (_, true, _) => Err(CredentialError::Ambiguous),
+        (_, false, true) => Err(CredentialError::Malformed),
+        (Some(v), false, false) => Ok(v),
+        (None, false, false) => Err(CredentialError::Missing),
     };
     (result, found)
 }

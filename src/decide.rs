@@ -2,15 +2,14 @@
 //! key IP allowlist, environment, tenant, scopes, in that order. The only I/O is the record
 //! lookup, through [`Records`] (cache, then store); the clock is an argument.
 
-use std::collections::HashMap;
 use std::rc::Rc;
 
 use crate::credential::{self, CredentialError, Found, HeaderSource};
 use crate::ip::ClientIp;
 use crate::key::{ApiKey, Environment, HashError, KeyHasher, KeyId};
-use crate::policy::{DefaultAction, Policy, Route, path_segments};
+use crate::policy::{DefaultAction, Policy, Route, segments};
 use crate::record::{KeyRecord, Status};
-use crate::scope::granted;
+use crate::scope::ScopeTemplate;
 use crate::store::{KvStore, LookupError, Records};
 use crate::time::Timestamp;
 
@@ -51,10 +50,33 @@ pub enum Denial {
 /// Who the caller is, for the origin (`X-Key-*` headers).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Principal {
-    pub key_id: KeyId,
-    pub scopes: Vec<String>,
-    pub environment: Environment,
+    pub record: Rc<KeyRecord>,
+    /// The tenant the route's `tenant_param` matched, if it has one.
     pub tenant: Option<String>,
+}
+
+impl Principal {
+    pub fn key_id(&self) -> &KeyId {
+        &self.record.id
+    }
+
+    pub fn environment(&self) -> Environment {
+        self.record.environment
+    }
+
+    /// The key's grants, comma-separated: the `X-Key-Scopes` value. Built by the caller that
+    /// forwards, not on the decision path.
+    pub fn scopes_header(&self) -> String {
+        use std::fmt::Write;
+        let mut out = String::with_capacity(self.record.scopes.len() * 16);
+        for (i, g) in self.record.scopes.iter().enumerate() {
+            if i > 0 {
+                out.push(',');
+            }
+            let _ = write!(out, "{g}");
+        }
+        out
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -97,8 +119,8 @@ impl Gateway {
         records: &Records<'_, S>,
         now: Timestamp,
     ) -> Result<Forward, Denial> {
-        let segments = path_segments(req.path).ok_or(Denial::NoRoute)?;
-        let Some((route, params)) = self.policy.route(req.method, &segments) else {
+        let segments = segments(req.path).ok_or(Denial::NoRoute)?;
+        let Some(route) = self.policy.first_match(req.method, &segments) else {
             return match self.policy.default {
                 DefaultAction::Deny => Err(Denial::NoRoute),
                 DefaultAction::Allow => Ok(Forward {
@@ -121,16 +143,12 @@ impl Gateway {
         }
         let (credential, found) = credential::extract(&self.policy.credentials, req.headers, req.query);
         let record = self.authenticate(credential, records, now).await?;
-        let tenant = authorize(route, &params, &record, req.client_ip)?;
+        let param = |name: &str| route.pattern.param(name, &segments);
+        let tenant = authorize(route, param, &record, req.client_ip)?;
         Ok(Forward {
-            principal: Some(Principal {
-                key_id: record.id.clone(),
-                scopes: record.scopes.iter().map(ToString::to_string).collect(),
-                environment: record.environment,
-                tenant,
-            }),
-            credential: found,
             sunset: self.sunset(&record, now),
+            principal: Some(Principal { record, tenant }),
+            credential: found,
         })
     }
 
@@ -183,10 +201,11 @@ pub fn key_ip_allowed(record: &KeyRecord, ip: Option<ClientIp>) -> bool {
     record.ip_allowlist.is_empty() || record.ip_allowlist.admits(ip)
 }
 
-/// Route-specific checks on an authenticated key. Returns the matched tenant, if any.
-fn authorize(
+/// Route-specific checks on an authenticated key. Returns the matched tenant, if any. `param`
+/// gives the value of a path parameter of the matched route.
+fn authorize<'p>(
     route: &Route,
-    params: &HashMap<String, String>,
+    param: impl Fn(&str) -> Option<&'p str> + Copy,
     record: &KeyRecord,
     ip: Option<ClientIp>,
 ) -> Result<Option<String>, Denial> {
@@ -201,14 +220,14 @@ fn authorize(
     let tenant = match &route.tenant_param {
         None => None,
         Some(p) => {
-            let value = params.get(p).ok_or(Denial::TenantNotAllowed)?;
+            let value = param(p).ok_or(Denial::TenantNotAllowed)?;
             if !record.tenants.iter().any(|t| t == value) {
                 return Err(Denial::TenantNotAllowed);
             }
-            Some(value.clone())
+            Some(value.to_owned())
         }
     };
-    let has = |t: &crate::scope::ScopeTemplate| t.render(params).is_some_and(|s| granted(&record.scopes, &s));
+    let has = |t: &ScopeTemplate| t.granted_by(&record.scopes, param);
     let all_ok = route.scopes.iter().all(has);
     let any_ok = route.any_scopes.is_empty() || route.any_scopes.iter().any(has);
     if !(all_ok && any_ok) {
@@ -216,7 +235,7 @@ fn authorize(
             .scopes
             .iter()
             .chain(&route.any_scopes)
-            .map(|t| t.describe(params))
+            .map(|t| t.describe_with(param))
             .collect();
         return Err(Denial::InsufficientScope { required });
     }

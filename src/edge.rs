@@ -21,6 +21,8 @@ use worker::{
 };
 
 const KV_BINDING: &str = "KEYS";
+/// Methods the runtime can forward unchanged.
+const FORWARDABLE: [&str; 7] = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"];
 /// Edge-cache KV reads on the validation path for the minimum KV allows.
 const KV_CACHE_TTL: u64 = 30;
 const RECORD_CACHE_CAPACITY: usize = 10_000;
@@ -39,7 +41,10 @@ fn gateway(env: &Env) -> Result<Rc<Gateway>, String> {
                 // Structured in wrangler.toml; a JSON string when given with `--var`.
                 let raw = env
                     .object_var::<serde_json::Value>("POLICY")
-                    .or_else(|_| env.var("POLICY").map(|v| serde_json::Value::String(v.to_string())))
+                    .or_else(|_| {
+                        env.var("POLICY")
+                            .map(|v| serde_json::Value::String(v.to_string()))
+                    })
                     .map_err(|e| format!("POLICY var missing or unreadable: {e}"))?;
                 let policy = Policy::from_json(&raw).map_err(|e| e.0)?;
                 let pepper = env.secret("KEY_PEPPER").ok().map(|s| s.to_string());
@@ -169,7 +174,20 @@ async fn handle(req: Request, env: &Env) -> worker::Result<Response> {
     };
     let url = req.url()?;
     let path = url.path().to_owned();
+    // The runtime's `Method` maps unknown methods to GET; decisions use the method as sent.
+    let method = req.inner().method().to_ascii_uppercase();
     if path == "/healthz" {
+        if method != "GET" && method != "HEAD" {
+            return problem_response(
+                &Problem::new(
+                    405,
+                    "method_not_allowed",
+                    "Method not allowed",
+                    "Allowed: GET, HEAD.",
+                )
+                .header("Allow", "GET, HEAD"),
+            );
+        }
         return Response::from_json(
             &serde_json::json!({"status": "ok", "name": "keygate", "version": crate::VERSION}),
         );
@@ -180,7 +198,15 @@ async fn handle(req: Request, env: &Env) -> worker::Result<Response> {
         .and_then(|v| ClientIp::parse(&v));
     let cache = cache(&gateway.policy);
     if path == "/admin" || path.starts_with("/admin/") {
-        return admin(req, env, &gateway, &cache, &path, url.query(), client_ip).await;
+        return admin(req, env, &gateway, &cache, &method, client_ip).await;
+    }
+    if !FORWARDABLE.contains(&method.as_str()) {
+        return problem_response(&Problem::new(
+            501,
+            "method_not_implemented",
+            "Method not implemented",
+            "The gateway forwards GET, HEAD, POST, PUT, PATCH, DELETE and OPTIONS only.",
+        ));
     }
 
     let kv = Kv {
@@ -191,7 +217,6 @@ async fn handle(req: Request, env: &Env) -> worker::Result<Response> {
         store: &kv,
         cache: &cache,
     };
-    let method = req.method().to_string();
     let headers = RequestHeaders(req.headers());
     let facts = RequestFacts {
         method: &method,
@@ -255,9 +280,9 @@ async fn forward(
         }
     }
     if let Some(p) = &f.principal {
-        headers.set("X-Key-Id", p.key_id.as_str())?;
-        headers.set("X-Key-Scopes", &p.scopes.join(","))?;
-        headers.set("X-Key-Environment", p.environment.as_str())?;
+        headers.set("X-Key-Id", p.key_id().as_str())?;
+        headers.set("X-Key-Scopes", &p.scopes_header())?;
+        headers.set("X-Key-Environment", p.environment().as_str())?;
         if let Some(t) = &p.tenant {
             headers.set("X-Key-Tenant", t)?;
         }
@@ -307,10 +332,11 @@ async fn admin(
     env: &Env,
     gateway: &Gateway,
     cache: &RefCell<RecordCache>,
-    path: &str,
-    query: Option<&str>,
+    method: &str,
     client_ip: Option<ClientIp>,
 ) -> worker::Result<Response> {
+    let url = req.url()?;
+    let (path, query) = (url.path(), url.query());
     let too_big = req
         .headers()
         .get("content-length")?
@@ -327,10 +353,9 @@ async fn admin(
     };
     let token = env.secret("ADMIN_TOKEN").ok().map(|s| s.to_string());
     let ctx = AdminContext::new(gateway, Records { store: &kv, cache }, token.as_deref(), now());
-    let method = req.method().to_string();
     let headers = RequestHeaders(req.headers());
     let request = AdminRequest {
-        method: &method,
+        method,
         path,
         query,
         headers: &headers,

@@ -174,8 +174,9 @@ impl ApiKey {
         if !is_lower_hex(secret, SECRET_HEX) || !is_lower_hex(crc, 8) {
             return None;
         }
-        let expected = checksum(body);
-        if !bool::from(expected.as_bytes().ct_eq(crc.as_bytes())) {
+        let mut expected = [0u8; 8];
+        hex::encode_to_slice(crc32fast::hash(body.as_bytes()).to_be_bytes(), &mut expected).ok()?;
+        if !bool::from(expected.ct_eq(crc.as_bytes())) {
             return None;
         }
         Some(ApiKey {
@@ -250,15 +251,15 @@ impl KeyHasher {
         (version, hex::encode(digest))
     }
 
-    fn digest(&self, key: &ApiKey, version: HashVersion) -> Result<Vec<u8>, HashError> {
+    fn digest(&self, key: &ApiKey, version: HashVersion) -> Result<[u8; 32], HashError> {
         match version {
-            HashVersion::Sha256 => Ok(Sha256::digest(key.expose().as_bytes()).to_vec()),
+            HashVersion::Sha256 => Ok(Sha256::digest(key.expose().as_bytes()).into()),
             HashVersion::HmacSha256 => {
                 let pepper = self.pepper.as_deref().ok_or(HashError::PepperMissing)?;
                 let mut mac =
                     <Hmac<Sha256> as Mac>::new_from_slice(pepper).map_err(|_| HashError::PepperMissing)?;
                 mac.update(key.expose().as_bytes());
-                Ok(mac.finalize().into_bytes().to_vec())
+                Ok(mac.finalize().into_bytes().into())
             }
         }
     }
@@ -266,8 +267,11 @@ impl KeyHasher {
     /// Constant-time comparison of the key's hash with the stored hex hash.
     pub fn verify(&self, key: &ApiKey, version: HashVersion, stored_hex: &str) -> Result<bool, HashError> {
         let digest = self.digest(key, version)?;
-        let stored = hex::decode(stored_hex).unwrap_or_default();
-        Ok(stored.len() == digest.len() && bool::from(digest.ct_eq(&stored)))
+        let mut stored = [0u8; 32];
+        if hex::decode_to_slice(stored_hex, &mut stored).is_err() {
+            return Ok(false);
+        }
+        Ok(bool::from(digest.ct_eq(&stored)))
     }
 }
 

@@ -8,6 +8,7 @@
 //! doubled slashes cannot slip past a rule the origin would apply. A path whose encoding is
 //! invalid matches no route.
 
+use std::borrow::Cow;
 use std::collections::{HashMap, HashSet};
 use std::fmt;
 
@@ -96,6 +97,44 @@ pub struct Policy {
     pub expiry_warning_seconds: u32,
     pub realm: String,
     pub routes: Vec<Route>,
+    index: RouteIndex,
+}
+
+/// Candidate routes by first path segment, in file order, so a lookup tries only the routes
+/// that could match instead of all of them.
+#[derive(Debug, Clone, Default)]
+struct RouteIndex {
+    /// For each literal first segment: the routes starting with it, merged with `other`.
+    by_first: HashMap<String, Vec<usize>>,
+    /// Routes whose first segment is not a literal (a parameter, or none at all).
+    other: Vec<usize>,
+}
+
+impl RouteIndex {
+    fn new(routes: &[Route]) -> Self {
+        let other: Vec<usize> = routes
+            .iter()
+            .filter(|r| r.pattern.first_literal().is_none())
+            .map(|r| r.index)
+            .collect();
+        let mut by_first: HashMap<String, Vec<usize>> = HashMap::new();
+        for r in routes {
+            if let Some(lit) = r.pattern.first_literal() {
+                by_first.entry(lit.to_owned()).or_default().push(r.index);
+            }
+        }
+        for list in by_first.values_mut() {
+            list.extend(&other);
+            list.sort_unstable();
+        }
+        RouteIndex { by_first, other }
+    }
+
+    fn candidates<S: AsRef<str>>(&self, path: &[S]) -> &[usize] {
+        path.first()
+            .and_then(|s| self.by_first.get(s.as_ref()))
+            .unwrap_or(&self.other)
+    }
 }
 
 pub const DEFAULT_CACHE_TTL: u32 = 10;
@@ -149,26 +188,54 @@ impl RoutePattern {
         })
     }
 
+    fn first_literal(&self) -> Option<&str> {
+        match self.segs.first() {
+            Some(PSeg::Lit(l)) => Some(l),
+            _ => None,
+        }
+    }
+
     pub fn has_param(&self, name: &str) -> bool {
         self.segs.iter().any(|s| matches!(s, PSeg::Param(p) if p == name))
     }
 
     /// Match decoded path segments; on success, the path parameters.
     pub fn matches(&self, path: &[String]) -> Option<HashMap<String, String>> {
-        if path.len() < self.segs.len() || (!self.rest && path.len() != self.segs.len()) {
+        if !self.is_match(path) {
             return None;
         }
-        let mut params = HashMap::new();
-        for (p, s) in self.segs.iter().zip(path) {
-            match p {
-                PSeg::Lit(l) if l == s => {}
-                PSeg::Lit(_) => return None,
-                PSeg::Param(name) => {
-                    params.insert(name.clone(), s.clone());
-                }
-            }
-        }
+        let params = self
+            .segs
+            .iter()
+            .zip(path)
+            .filter_map(|(p, s)| match p {
+                PSeg::Param(name) => Some((name.clone(), s.clone())),
+                PSeg::Lit(_) => None,
+            })
+            .collect();
         Some(params)
+    }
+
+    /// Whether the decoded path segments match, without collecting the parameters.
+    fn has_len_for(&self, len: usize) -> bool {
+        len == self.segs.len() || (self.rest && len > self.segs.len())
+    }
+
+    fn is_match<S: AsRef<str>>(&self, path: &[S]) -> bool {
+        self.has_len_for(path.len())
+            && self.segs.iter().zip(path).all(|(p, s)| match p {
+                PSeg::Lit(l) => l == s.as_ref(),
+                PSeg::Param(_) => true,
+            })
+    }
+
+    /// The value of path parameter `name` in a path this pattern matched. Parameter names are
+    /// unique within a pattern, so this is what [`RoutePattern::matches`] maps `name` to.
+    pub(crate) fn param<'p, S: AsRef<str>>(&self, name: &str, path: &'p [S]) -> Option<&'p str> {
+        self.segs
+            .iter()
+            .zip(path)
+            .find_map(|(p, s)| matches!(p, PSeg::Param(n) if n == name).then(|| s.as_ref()))
     }
 }
 
@@ -192,23 +259,29 @@ impl Route {
         method.eq_ignore_ascii_case("OPTIONS")
             || self
                 .methods
-            .as_ref()
-            .is_none_or(|ms| ms.iter().any(|m| m.eq_ignore_ascii_case(method)))
+                .as_ref()
+                .is_none_or(|ms| ms.iter().any(|m| m.eq_ignore_ascii_case(method)))
     }
 }
 
 /// Splits a raw URL path into percent-decoded segments, skipping empty ones. `None` when the
 /// encoding is invalid (bad escape or not UTF-8).
 pub fn path_segments(raw: &str) -> Option<Vec<String>> {
-    raw.split('/')
-        .filter(|s| !s.is_empty())
-        .map(percent_decode)
-        .collect()
+    segments(raw).map(|segs| segs.into_iter().map(Cow::into_owned).collect())
 }
 
-fn percent_decode(s: &str) -> Option<String> {
+/// [`path_segments`], borrowing the segments that need no decoding (the usual case).
+pub(crate) fn segments(raw: &str) -> Option<Vec<Cow<'_, str>>> {
+    let mut out = Vec::with_capacity(raw.bytes().filter(|&b| b == b'/').count() + 1);
+    for s in raw.split('/').filter(|s| !s.is_empty()) {
+        out.push(percent_decode(s)?);
+    }
+    Some(out)
+}
+
+fn percent_decode(s: &str) -> Option<Cow<'_, str>> {
     if !s.contains('%') {
-        return Some(s.to_owned());
+        return Some(Cow::Borrowed(s));
     }
     let mut out = Vec::with_capacity(s.len());
     let mut bytes = s.bytes();
@@ -221,7 +294,7 @@ fn percent_decode(s: &str) -> Option<String> {
             out.push(b);
         }
     }
-    String::from_utf8(out).ok()
+    String::from_utf8(out).ok().map(Cow::Owned)
 }
 
 fn header_name(raw: Option<String>, default: &str, what: &str) -> Result<String, PolicyError> {
@@ -296,17 +369,28 @@ impl Policy {
             negative_cache_ttl_seconds,
             expiry_warning_seconds: doc.expiry_warning_seconds.unwrap_or(DEFAULT_EXPIRY_WARNING),
             realm,
+            index: RouteIndex::new(&routes),
             routes,
         })
     }
 
     /// The first route, in file order, whose method and path match.
     pub fn route(&self, method: &str, path: &[String]) -> Option<(&Route, HashMap<String, String>)> {
-        self.routes.iter().find_map(|r| {
-            if !r.allows_method(method) {
-                return None;
-            }
-            r.pattern.matches(path).map(|p| (r, p))
+        let route = self.first_match(method, path)?;
+        route.pattern.matches(path).map(|p| (route, p))
+    }
+
+    /// The route [`Policy::route`] picks, without collecting its parameters: these are read
+    /// from the path with [`RoutePattern::param`] when needed.
+    pub(crate) fn first_match<S: AsRef<str>>(&self, method: &str, path: &[S]) -> Option<&Route> {
+        // The segment count rules out most routes, so it goes first; all three must hold.
+        let candidates = self
+            .index
+            .candidates(path)
+            .iter()
+            .filter_map(|&i| self.routes.get(i));
+        candidates.into_iter().find(|r| {
+            r.pattern.has_len_for(path.len()) && r.allows_method(method) && r.pattern.is_match(path)
         })
     }
 }
@@ -448,6 +532,33 @@ mod tests {
     }
 
     #[test]
+    fn the_route_index_agrees_with_a_linear_scan() {
+        let p = Policy::from_json(&json!({"routes": [
+            {"path": "/a/x", "scopes": ["s"]},
+            {"path": "/{any}/x", "scopes": ["s"]},
+            {"methods": ["GET"], "path": "/a/*", "scopes": ["s"]},
+            {"path": "/b/{y}", "scopes": ["s"]},
+            {"path": "/*", "public": true},
+            {"path": "/a/z", "scopes": ["s"]}
+        ]}))
+        .unwrap();
+        for path in ["/", "/a", "/a/x", "/a/z", "/b/x", "/b/q", "/c/x", "/c", "/a/x/y"] {
+            for method in ["GET", "POST"] {
+                let segs = seg(path);
+                let linear = p
+                    .routes
+                    .iter()
+                    .find(|r| r.allows_method(method) && r.pattern.matches(&segs).is_some());
+                assert_eq!(
+                    p.first_match(method, &segs).map(|r| r.index),
+                    linear.map(|r| r.index),
+                    "{method} {path}"
+                );
+            }
+        }
+    }
+
+    #[test]
     fn first_match_in_file_order_wins() {
         let p = Policy::from_json(&json!({"routes": [
             {"methods": ["POST"], "path": "/a/*", "scopes": ["w"]},
@@ -459,5 +570,36 @@ mod tests {
         assert_eq!(p.route("GET", &seg("/a/b")).unwrap().0.index, 1);
         assert_eq!(p.route("GET", &seg("/a/b/c")).unwrap().0.index, 2);
         assert!(p.route("GET", &seg("/b")).is_none());
+    }
+
+    #[test]
+    fn first_match_and_param_agree_with_route() {
+        let p = Policy::from_json(&json!({"routes": [
+            {"methods": ["POST"], "path": "/o/{org}/k/{ring}/encrypt", "scopes": ["k.{ring}.e"]},
+            {"path": "/o/{org}/k/{ring}", "tenant_param": "org", "scopes": ["k.{ring}.r"]},
+            {"path": "/o/{org}/*", "tenant_param": "org", "scopes": ["o.{org}"]},
+            {"path": "/*", "public": true}
+        ]}))
+        .unwrap();
+        for (method, path) in [
+            ("POST", "/o/acme/k/comms/encrypt"),
+            ("get", "/o/acme/k/comms/encrypt"),
+            ("GET", "//o/acme/k/c%6Fmms"),
+            ("GET", "/o/acme"),
+            ("GET", "/"),
+        ] {
+            let owned = seg(path);
+            let borrowed = segments(path).unwrap();
+            let (route, params) = p.route(method, &owned).unwrap();
+            assert_eq!(p.first_match(method, &borrowed).unwrap().index, route.index);
+            for name in ["org", "ring", "nope"] {
+                assert_eq!(
+                    route.pattern.param(name, &borrowed),
+                    params.get(name).map(String::as_str),
+                    "{path} {name}"
+                );
+            }
+        }
+        assert!(segments("/o/a/%zz").is_none());
     }
 }

@@ -9,7 +9,7 @@ use crate::key::{Environment, HashVersion, KeyId};
 use crate::scope::Grant;
 use crate::time::Timestamp;
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct KeyRecord {
     pub id: KeyId,

@@ -88,12 +88,12 @@ fn split(s: &str) -> Result<(Vec<&str>, Vec<Sep>), ScopeError> {
     Ok((segs, seps))
 }
 
-fn join<T: AsRef<str>>(f: &mut fmt::Formatter<'_>, segs: &[T], seps: &[Sep]) -> fmt::Result {
+fn join<T: AsRef<str>, W: fmt::Write>(f: &mut W, segs: &[T], seps: &[Sep]) -> fmt::Result {
     for (i, seg) in segs.iter().enumerate() {
         if i > 0
             && let Some(sep) = seps.get(i - 1)
         {
-            write!(f, "{}", sep.as_char())?;
+            f.write_char(sep.as_char())?;
         }
         f.write_str(seg.as_ref())?;
     }
@@ -175,25 +175,30 @@ impl Grant {
 
     /// Does this grant allow the concrete scope?
     pub fn matches(&self, scope: &Scope) -> bool {
+        self.matches_parts(&scope.segs, &scope.seps)
+    }
+
+    /// [`Grant::matches`] on a scope given as its segments and separators.
+    fn matches_parts<T: AsRef<str>>(&self, segs: &[T], seps: &[Sep]) -> bool {
         for (i, g) in self.segs.iter().enumerate() {
-            if i > 0 && self.seps.get(i - 1) != scope.seps.get(i - 1) {
+            if i > 0 && self.seps.get(i - 1) != seps.get(i - 1) {
                 return false;
             }
             match g {
-                GSeg::Rest => return i < scope.segs.len(),
+                GSeg::Rest => return i < segs.len(),
                 GSeg::One => {
-                    if i >= scope.segs.len() {
+                    if i >= segs.len() {
                         return false;
                     }
                 }
                 GSeg::Lit(l) => {
-                    if scope.segs.get(i) != Some(l) {
+                    if segs.get(i).map(AsRef::as_ref) != Some(l.as_str()) {
                         return false;
                     }
                 }
             }
         }
-        self.segs.len() == scope.segs.len()
+        self.segs.len() == segs.len()
     }
 
     /// Does this grant allow everything `other` allows? Used to stop admin keys from issuing
@@ -291,18 +296,14 @@ impl ScopeTemplate {
     /// The concrete scope for these path values, or `None` when a value is not one valid
     /// segment (then no grant can satisfy the requirement).
     pub fn render(&self, params: &HashMap<String, String>) -> Option<Scope> {
+        self.render_with(|p| params.get(p).map(String::as_str))
+    }
+
+    /// [`ScopeTemplate::render`], reading parameter values through `value`.
+    pub(crate) fn render_with<'v>(&self, value: impl Fn(&str) -> Option<&'v str>) -> Option<Scope> {
         let mut segs = Vec::with_capacity(self.segs.len());
         for seg in &self.segs {
-            match seg {
-                TSeg::Lit(l) => segs.push(l.clone()),
-                TSeg::Param(p) => {
-                    let v = params.get(p)?;
-                    if !is_segment(v) {
-                        return None;
-                    }
-                    segs.push(v.clone());
-                }
-            }
+            segs.push(Self::resolve(seg, &value)?.to_owned());
         }
         Some(Scope {
             segs,
@@ -310,10 +311,44 @@ impl ScopeTemplate {
         })
     }
 
+    /// One segment of the rendered scope: a literal, or a parameter value that is one valid
+    /// segment.
+    fn resolve<'s, 'v: 's>(seg: &'s TSeg, value: impl Fn(&str) -> Option<&'v str>) -> Option<&'s str> {
+        match seg {
+            TSeg::Lit(l) => Some(l),
+            TSeg::Param(p) => value(p).filter(|v| is_segment(v)),
+        }
+    }
+
+    /// Exactly `render_with(value).is_some_and(|s| granted(grants, &s))`, without building
+    /// the scope (no allocation).
+    pub(crate) fn granted_by<'v>(&self, grants: &[Grant], value: impl Fn(&str) -> Option<&'v str>) -> bool {
+        // `split` caps a template at MAX_SEGMENTS segments.
+        let mut segs = [""; MAX_SEGMENTS];
+        let mut n = 0;
+        for (slot, seg) in segs.iter_mut().zip(&self.segs) {
+            match Self::resolve(seg, &value) {
+                Some(v) => *slot = v,
+                None => return false,
+            }
+            n += 1;
+        }
+        if n != self.segs.len() {
+            return self.render_with(value).is_some_and(|s| granted(grants, &s));
+        }
+        let segs = segs.get(..n).unwrap_or_default();
+        grants.iter().any(|g| g.matches_parts(segs, &self.seps))
+    }
+
     /// The requirement as written, with parameters filled in where they are valid. For the
     /// `required_scopes` of a denial.
     pub fn describe(&self, params: &HashMap<String, String>) -> String {
-        match self.render(params) {
+        self.describe_with(|p| params.get(p).map(String::as_str))
+    }
+
+    /// [`ScopeTemplate::describe`], reading parameter values through `value`.
+    pub(crate) fn describe_with<'v>(&self, value: impl Fn(&str) -> Option<&'v str>) -> String {
+        match self.render_with(value) {
             Some(s) => s.to_string(),
             None => self.source.clone(),
         }
@@ -454,7 +489,38 @@ mod tests {
 
         #[test]
         fn grants_round_trip(x in grant_str()) {
-            prop_assert_eq!(g(&x).to_string(), x);
+            prop_assert_eq!(g(&x).to_string(), x.clone());
+        }
+
+        #[test]
+        fn granted_by_is_render_then_granted(
+            grants in proptest::collection::vec(grant_str(), 0..6),
+            parts in proptest::collection::vec(
+                (sep(), prop_oneof![3 => seg(), 1 => Just("{a}".to_owned()), 1 => Just("{b}".to_owned())]),
+                1..6,
+            ),
+            a in prop_oneof![seg(), "\\PC{0,4}"],
+            b in prop_oneof![Just("*".to_owned()), seg()],
+            with_b in any::<bool>(),
+        ) {
+            let mut text = String::new();
+            for (i, (c, sg)) in parts.iter().enumerate() {
+                if i > 0 {
+                    text.push(*c);
+                }
+                text.push_str(sg);
+            }
+            let t = ScopeTemplate::parse(&text).unwrap();
+            let grants: Vec<Grant> = grants.iter().map(|x| g(x)).collect();
+            let mut params = HashMap::new();
+            params.insert("a".to_owned(), a);
+            if with_b {
+                params.insert("b".to_owned(), b);
+            }
+            let value = |p: &str| params.get(p).map(String::as_str);
+            let expected = t.render(&params).is_some_and(|sc| granted(&grants, &sc));
+            prop_assert_eq!(t.granted_by(&grants, value), expected);
+            prop_assert_eq!(t.describe_with(value), t.describe(&params));
         }
 
         #[test]

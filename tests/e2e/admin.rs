@@ -6,7 +6,7 @@ use std::process::Command;
 use serde_json::{Value, json};
 
 use crate::Ctx;
-use crate::harness::{root, send};
+use crate::harness::{root, send, send_raw};
 
 type Test = (&'static str, fn(&Ctx));
 
@@ -16,6 +16,7 @@ pub const TESTS: &[Test] = &[
     ("admin::create_shows_the_key_once", create_shows_key_once),
     ("admin::create_validation_writes_nothing", create_validation),
     ("admin::bad_bodies", bad_bodies),
+    ("admin::methods_are_taken_as_sent", methods_are_taken_as_sent),
     ("admin::key_ids_are_validated", key_ids_are_validated),
     ("admin::get_and_patch", get_and_patch),
     ("admin::list_filters_and_pages", list_filters_and_pages),
@@ -45,7 +46,13 @@ fn ids_in_group(c: &Ctx, g: &str) -> Vec<String> {
         let r = c.admin("GET", &q, None);
         assert_eq!(r.status, 200, "{}", r.body);
         let v = r.json();
-        ids.extend(v["keys"].as_array().unwrap().iter().map(|k| k["id"].as_str().unwrap().to_owned()));
+        ids.extend(
+            v["keys"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|k| k["id"].as_str().unwrap().to_owned()),
+        );
         match v["cursor"].as_str() {
             Some(cur) => cursor = Some(cur.to_owned()),
             None => return ids,
@@ -57,7 +64,12 @@ fn authentication(c: &Ctx) {
     let r = c.call("GET", "/admin/keys", &[], None);
     assert_eq!((r.status, r.code().as_str()), (401, "missing_key"));
     assert_eq!(r.header("cache-control"), Some("no-store"));
-    let r = c.call("GET", "/admin/keys", &[("Authorization", "Bearer wrong-token")], None);
+    let r = c.call(
+        "GET",
+        "/admin/keys",
+        &[("Authorization", "Bearer wrong-token")],
+        None,
+    );
     assert_eq!(r.status, 401);
     // An ordinary key is authenticated but lacks admin scopes.
     let (key, _) = c.key_with(&["license:read"]);
@@ -72,8 +84,17 @@ fn authentication(c: &Ctx) {
 }
 
 fn disabled_without_token(c: &Ctx) {
-    for (m, p) in [("GET", "/admin/keys"), ("POST", "/admin/keys"), ("GET", "/admin/audit")] {
-        let r = send(m, &format!("{}{p}", c.no_admin.base), &[("Authorization", "Bearer ")], None);
+    for (m, p) in [
+        ("GET", "/admin/keys"),
+        ("POST", "/admin/keys"),
+        ("GET", "/admin/audit"),
+    ] {
+        let r = send(
+            m,
+            &format!("{}{p}", c.no_admin.base),
+            &[("Authorization", "Bearer ")],
+            None,
+        );
         assert_eq!((r.status, r.code().as_str()), (503, "admin_disabled"), "{m} {p}");
     }
 }
@@ -108,7 +129,11 @@ fn create_shows_key_once(c: &Ctx) {
     }
     assert!(rec.get("hash").is_none() && rec.get("hash_version").is_none());
     // Later reads never show the key or the hash again.
-    let got = c.admin("GET", &format!("/admin/keys/{}", rec["id"].as_str().unwrap()), None);
+    let got = c.admin(
+        "GET",
+        &format!("/admin/keys/{}", rec["id"].as_str().unwrap()),
+        None,
+    );
     assert!(!got.body.contains(key) && got.json().get("hash").is_none());
     assert_eq!(got.json()["name"], rec["name"]);
     // Defaults: live, enabled, no expiry.
@@ -130,14 +155,20 @@ fn create_validation(c: &Ctx) {
         (json!({"scopes": "license:read"}), "scopes"),
         (json!({"environment": "prod"}), "environment"),
         (json!({"ip_allowlist": ["10.0.0.1/8"]}), "ip_allowlist[0]"),
-        (json!({"ip_allowlist": ["1.2.3.4", "010.0.0.1"]}), "ip_allowlist[1]"),
+        (
+            json!({"ip_allowlist": ["1.2.3.4", "010.0.0.1"]}),
+            "ip_allowlist[1]",
+        ),
         (json!({"tenants": ["has space"]}), "tenants[0]"),
         (json!({"metadata": [1, 2]}), "metadata"),
         (json!({"metadata": {"big": "x".repeat(1100)}}), "metadata"),
         (json!({"expires_in": "2w"}), "expires_in"),
         (json!({"expires_in": 0}), "expires_in"),
         (json!({"expires_in": -5}), "expires_in"),
-        (json!({"expires_in": "1h", "expires_at": "2099-01-01T00:00:00Z"}), "expires_in"),
+        (
+            json!({"expires_in": "1h", "expires_at": "2099-01-01T00:00:00Z"}),
+            "expires_in",
+        ),
         (json!({"expires_at": "2001-01-01T00:00:00Z"}), "expires_at"),
         (json!({"expires_at": "next tuesday"}), "expires_at"),
     ];
@@ -147,33 +178,86 @@ fn create_validation(c: &Ctx) {
             body[k] = v.clone();
         }
         let r = c.admin("POST", "/admin/keys", Some(body.clone()));
-        assert_eq!((r.status, r.code().as_str()), (422, "invalid_field"), "{body}: {}", r.body);
+        assert_eq!(
+            (r.status, r.code().as_str()),
+            (422, "invalid_field"),
+            "{body}: {}",
+            r.body
+        );
         assert_eq!(r.json()["field"], field, "{body}");
     }
     let mut missing = base.clone();
     missing.as_object_mut().unwrap().remove("name");
-    assert_eq!(c.admin("POST", "/admin/keys", Some(missing)).json()["field"], "name");
+    assert_eq!(
+        c.admin("POST", "/admin/keys", Some(missing)).json()["field"],
+        "name"
+    );
     assert!(ids_in_group(c, &g).is_empty(), "an invalid request wrote a key");
 }
 
 fn bad_bodies(c: &Ctx) {
     let auth = format!("Bearer {}", c.main.admin_token);
     let body = json!({"name": "x", "scopes": ["a"]}).to_string();
-    let r = c.call("POST", "/admin/keys", &[("Authorization", &auth), ("Content-Type", "text/plain")], Some(&body));
+    let r = c.call(
+        "POST",
+        "/admin/keys",
+        &[("Authorization", &auth), ("Content-Type", "text/plain")],
+        Some(&body),
+    );
     assert_eq!((r.status, r.code().as_str()), (415, "unsupported_media_type"));
     let r = c.call("POST", "/admin/keys", &[("Authorization", &auth)], Some(&body));
     assert_eq!(r.status, 415);
-    let r = c.call("POST", "/admin/keys", &[("Authorization", &auth), ("Content-Type", "application/json")], Some("{\"name\": "));
+    let r = c.call(
+        "POST",
+        "/admin/keys",
+        &[("Authorization", &auth), ("Content-Type", "application/json")],
+        Some("{\"name\": "),
+    );
     assert_eq!((r.status, r.code().as_str()), (400, "malformed_json"));
     let big = format!("{{\"name\": \"{}\", \"scopes\": [\"a\"]}}", "x".repeat(70 * 1024));
-    let r = c.call("POST", "/admin/keys", &[("Authorization", &auth), ("Content-Type", "application/json")], Some(&big));
+    let r = c.call(
+        "POST",
+        "/admin/keys",
+        &[("Authorization", &auth), ("Content-Type", "application/json")],
+        Some(&big),
+    );
     assert_eq!((r.status, r.code().as_str()), (413, "payload_too_large"));
-    let r = c.call("POST", "/admin/keys", &[("Authorization", &auth), ("Content-Type", "application/json; charset=utf-8")], Some("[1]"));
+    let r = c.call(
+        "POST",
+        "/admin/keys",
+        &[
+            ("Authorization", &auth),
+            ("Content-Type", "application/json; charset=utf-8"),
+        ],
+        Some("[1]"),
+    );
     assert_eq!(r.status, 422);
 }
 
+fn methods_are_taken_as_sent(c: &Ctx) {
+    // The runtime maps unknown methods to GET; the worker must not.
+    let auth = format!("Bearer {}", c.main.admin_token);
+    for p in ["/admin/keys", "/admin/audit", "/admin/openapi.json"] {
+        let r = send_raw("PROPFIND", &c.url(p), &[("Authorization", &auth)]);
+        assert_eq!((r.status, r.code().as_str()), (405, "method_not_allowed"), "{p}");
+        assert!(r.header("allow").is_some());
+    }
+    let r = c.call("POST", "/healthz", &[], None);
+    assert_eq!((r.status, r.code().as_str()), (405, "method_not_allowed"));
+    let (key, _) = c.key_with(&["license:read"]);
+    let r = send_raw("PROPFIND", &c.url("/licenses/1"), &[("X-API-Key", &key)]);
+    assert_eq!((r.status, r.code().as_str()), (501, "method_not_implemented"));
+}
+
 fn key_ids_are_validated(c: &Ctx) {
-    for id in ["..%2Fkey%3Aabc", "0123456789ABCDEF", "0123456789abcdef0", "%C3%A9t%C3%A9", "audit", "key:0123456789abcdef"] {
+    for id in [
+        "..%2Fkey%3Aabc",
+        "0123456789ABCDEF",
+        "0123456789abcdef0",
+        "%C3%A9t%C3%A9",
+        "audit",
+        "key:0123456789abcdef",
+    ] {
         let r = c.admin("GET", &format!("/admin/keys/{id}"), None);
         assert_eq!((r.status, r.code().as_str()), (404, "key_not_found"), "{id}");
         let r = c.admin("PATCH", &format!("/admin/keys/{id}"), Some(json!({"name": "x"})));
@@ -183,7 +267,8 @@ fn key_ids_are_validated(c: &Ctx) {
 
 fn get_and_patch(c: &Ctx) {
     let g = group();
-    let (key, rec) = c.create(json!({"name": "Before", "group": g, "scopes": ["license:read"], "expires_in": "1h"}));
+    let (key, rec) =
+        c.create(json!({"name": "Before", "group": g, "scopes": ["license:read"], "expires_in": "1h"}));
     let id = rec["id"].as_str().unwrap();
     let path = format!("/admin/keys/{id}");
     let r = c.admin(
@@ -199,17 +284,56 @@ fn get_and_patch(c: &Ctx) {
     assert!(v["expires_at"].is_null(), "null clears the expiry");
     assert_ne!(v["updated_at"], rec["updated_at"]);
     // The new scopes apply at once.
-    assert_eq!(c.call("DELETE", "/licenses/1", &[("X-API-Key", &key)], None).status, 200);
+    assert_eq!(
+        c.call("DELETE", "/licenses/1", &[("X-API-Key", &key)], None)
+            .status,
+        200
+    );
     // Clearing and validation.
     assert!(c.admin("PATCH", &path, Some(json!({"description": null}))).json()["description"].is_null());
     let r = c.admin("PATCH", &path, Some(json!({"scopes": []})));
     assert_eq!(r.json()["field"], "scopes");
     let r = c.admin("PATCH", &path, Some(json!({"ip_allowlist": ["10.0.0.1/8"]})));
-    assert!(r.json()["detail"].as_str().unwrap().contains("10.0.0.0/8"), "{}", r.body);
-    assert_eq!(c.admin("PATCH", &path, Some(json!({"hash": "00"}))).json()["field"], "hash");
-    assert_eq!(c.admin("PATCH", &path, Some(json!({"enabled": "no"}))).json()["field"], "enabled");
-    assert_eq!(c.admin("PATCH", &path, Some(json!({"expires_at": "2000-01-01T00:00:00Z"}))).code(), "invalid_field");
-    let r = c.admin("PATCH", &path, Some(json!({"expires_at": "2099-06-01T00:00:00Z"})));
+    assert!(
+        r.json()["detail"].as_str().unwrap().contains("10.0.0.0/8"),
+        "{}",
+        r.body
+    );
+    assert_eq!(
+        c.admin("PATCH", &path, Some(json!({"hash": "00"}))).json()["field"],
+        "hash"
+    );
+    assert_eq!(
+        c.admin("PATCH", &path, Some(json!({"enabled": "no"}))).json()["field"],
+        "enabled"
+    );
+    // Only description, group and the expiry can be cleared with null.
+    for f in ["name", "scopes", "ip_allowlist", "tenants", "metadata", "enabled"] {
+        let r = c.admin("PATCH", &path, Some(json!({ f: null })));
+        assert_eq!(
+            (r.status, r.json()["field"].as_str()),
+            (422, Some(f)),
+            "{f}: {}",
+            r.body
+        );
+    }
+    // A whole-number float is an integer.
+    let r = c.admin("PATCH", &path, Some(json!({"expires_in": 3600.0})));
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(
+        c.admin(
+            "PATCH",
+            &path,
+            Some(json!({"expires_at": "2000-01-01T00:00:00Z"}))
+        )
+        .code(),
+        "invalid_field"
+    );
+    let r = c.admin(
+        "PATCH",
+        &path,
+        Some(json!({"expires_at": "2099-06-01T00:00:00Z"})),
+    );
     assert_eq!(r.json()["expires_at"], "2099-06-01T00:00:00Z");
     assert_eq!(c.admin("GET", &path, None).json()["name"], "After Name");
 }
@@ -219,21 +343,38 @@ fn list_filters_and_pages(c: &Ctx) {
     let mut made = Vec::new();
     for i in 0..4 {
         let env = if i % 2 == 0 { "live" } else { "test" };
-        let (_, rec) = c.create(json!({"name": format!("k{i}"), "group": g, "environment": env, "scopes": ["a"]}));
+        let (_, rec) =
+            c.create(json!({"name": format!("k{i}"), "group": g, "environment": env, "scopes": ["a"]}));
         made.push(rec["id"].as_str().unwrap().to_owned());
     }
-    c.admin("PATCH", &format!("/admin/keys/{}", made[0]), Some(json!({"enabled": false})));
+    c.admin(
+        "PATCH",
+        &format!("/admin/keys/{}", made[0]),
+        Some(json!({"enabled": false})),
+    );
     let mut sorted = made.clone();
     sorted.sort();
     assert_eq!(ids_in_group(c, &g), sorted, "stable order, each key once");
-    let test_ids: Vec<Value> = c.admin("GET", &format!("/admin/keys?group={g}&environment=test&limit=1000"), None).json()["keys"]
+    let test_ids: Vec<Value> = c
+        .admin(
+            "GET",
+            &format!("/admin/keys?group={g}&environment=test&limit=1000"),
+            None,
+        )
+        .json()["keys"]
         .as_array()
         .unwrap()
         .iter()
         .map(|k| k["environment"].clone())
         .collect();
     assert_eq!(test_ids, vec![json!("test"), json!("test")]);
-    let disabled = c.admin("GET", &format!("/admin/keys?group={g}&status=disabled&limit=1000"), None).json();
+    let disabled = c
+        .admin(
+            "GET",
+            &format!("/admin/keys?group={g}&status=disabled&limit=1000"),
+            None,
+        )
+        .json();
     assert_eq!(disabled["keys"].as_array().unwrap().len(), 1);
     assert_eq!(disabled["keys"][0]["id"], made[0]);
     // Pages of two, following cursors, see every key exactly once.
@@ -253,8 +394,18 @@ fn list_filters_and_pages(c: &Ctx) {
     dedup.dedup();
     assert_eq!(seen, dedup);
     assert!(made.iter().all(|m| seen.contains(m)));
-    assert_eq!(c.admin("GET", "/admin/keys?limit=5000", None).status, 200, "limit is capped, not refused");
-    for bad in ["limit=0", "limit=x", "status=gone", "environment=prod", "cursor=forged"] {
+    assert_eq!(
+        c.admin("GET", "/admin/keys?limit=5000", None).status,
+        200,
+        "limit is capped, not refused"
+    );
+    for bad in [
+        "limit=0",
+        "limit=x",
+        "status=gone",
+        "environment=prod",
+        "cursor=forged",
+    ] {
         let r = c.admin("GET", &format!("/admin/keys?{bad}"), None);
         assert_eq!((r.status, r.code().as_str()), (422, "invalid_field"), "{bad}");
     }
@@ -263,7 +414,9 @@ fn list_filters_and_pages(c: &Ctx) {
 fn revoke_idempotent(c: &Ctx) {
     let (_, id) = c.key_with(&["a"]);
     let path = format!("/admin/keys/{id}/revoke");
-    let first = c.admin("POST", &path, Some(json!({"reason": "compromised"}))).json();
+    let first = c
+        .admin("POST", &path, Some(json!({"reason": "compromised"})))
+        .json();
     assert_eq!(first["status"], "revoked");
     assert_eq!(first["revoke_reason"], "compromised");
     let second = c.admin("POST", &path, Some(json!({"reason": "again"})));
@@ -271,29 +424,57 @@ fn revoke_idempotent(c: &Ctx) {
     assert_eq!(second.json()["revoked_at"], first["revoked_at"]);
     assert_eq!(second.json()["revoke_reason"], "compromised");
     // Irreversible: enabling does not bring it back.
-    let r = c.admin("PATCH", &format!("/admin/keys/{id}"), Some(json!({"enabled": true})));
+    let r = c.admin(
+        "PATCH",
+        &format!("/admin/keys/{id}"),
+        Some(json!({"enabled": true})),
+    );
     assert_eq!((r.status, r.code().as_str()), (409, "key_revoked"));
     // A body-less revoke works too.
     let (_, id2) = c.key_with(&["a"]);
     let auth = format!("Bearer {}", c.main.admin_token);
-    let r = c.call("POST", &format!("/admin/keys/{id2}/revoke"), &[("Authorization", &auth)], None);
+    let r = c.call(
+        "POST",
+        &format!("/admin/keys/{id2}/revoke"),
+        &[("Authorization", &auth)],
+        None,
+    );
     assert_eq!(r.json()["status"], "revoked");
 }
 
 fn rotate_conflicts(c: &Ctx) {
     let (_, rec) = c.create(json!({"name": "r", "scopes": ["a"], "metadata": {"m": 1}, "expires_in": "1d"}));
     let id = rec["id"].as_str().unwrap();
-    let r = c.admin("POST", &format!("/admin/keys/{id}/rotate"), Some(json!({"grace": "1h"})));
+    let r = c.admin(
+        "POST",
+        &format!("/admin/keys/{id}/rotate"),
+        Some(json!({"grace": "1h"})),
+    );
     assert_eq!(r.status, 201);
     let new = r.json()["record"].clone();
     assert_eq!(new["metadata"], json!({"m": 1}));
     assert!(new["expires_at"].is_string(), "the successor keeps a lifetime");
-    let r = c.admin("POST", &format!("/admin/keys/{id}/rotate"), Some(json!({"grace": 0})));
+    let r = c.admin(
+        "POST",
+        &format!("/admin/keys/{id}/rotate"),
+        Some(json!({"grace": 0})),
+    );
     assert_eq!((r.status, r.code().as_str()), (409, "already_rotated"));
-    assert_eq!(c.admin("POST", &format!("/admin/keys/{id}/rotate"), Some(json!({"grace": "2w"}))).code(), "invalid_field");
+    assert_eq!(
+        c.admin(
+            "POST",
+            &format!("/admin/keys/{id}/rotate"),
+            Some(json!({"grace": "2w"}))
+        )
+        .code(),
+        "invalid_field"
+    );
     let (_, rid) = c.key_with(&["a"]);
     c.admin("POST", &format!("/admin/keys/{rid}/revoke"), None);
-    assert_eq!(c.admin("POST", &format!("/admin/keys/{rid}/rotate"), None).code(), "key_revoked");
+    assert_eq!(
+        c.admin("POST", &format!("/admin/keys/{rid}/rotate"), None).code(),
+        "key_revoked"
+    );
 }
 
 fn audit_log(c: &Ctx) {
@@ -303,17 +484,35 @@ fn audit_log(c: &Ctx) {
     c.call(
         "PATCH",
         &format!("/admin/keys/{id}"),
-        &[("Authorization", &auth), ("Content-Type", "application/json"), ("CF-Connecting-IP", "198.51.100.77")],
+        &[
+            ("Authorization", &auth),
+            ("Content-Type", "application/json"),
+            ("CF-Connecting-IP", "198.51.100.77"),
+        ],
         Some(&patch),
     );
-    c.admin("PATCH", &format!("/admin/keys/{id}"), Some(json!({"name": "renamed", "enabled": true})));
+    c.admin(
+        "PATCH",
+        &format!("/admin/keys/{id}"),
+        Some(json!({"name": "renamed", "enabled": true})),
+    );
     c.admin("POST", &format!("/admin/keys/{id}/revoke"), None);
     let r = c.admin("GET", &format!("/admin/audit?key_id={id}"), None);
     assert_eq!(r.status, 200);
     assert!(!r.body.contains(&key), "a secret in the audit log");
     let events = r.json()["events"].as_array().unwrap().clone();
     let actions: Vec<&str> = events.iter().map(|e| e["action"].as_str().unwrap()).collect();
-    assert_eq!(actions, vec!["key.revoke", "key.update", "key.enable", "key.disable", "key.create"], "newest first");
+    assert_eq!(
+        actions,
+        vec![
+            "key.revoke",
+            "key.update",
+            "key.enable",
+            "key.disable",
+            "key.create"
+        ],
+        "newest first"
+    );
     for e in &events {
         assert_eq!(e["key_id"], id);
         assert_eq!(e["actor"], "admin_token");
@@ -324,12 +523,23 @@ fn audit_log(c: &Ctx) {
     assert_eq!(events[1]["changed"], json!(["name"]));
     assert_eq!(events[3]["client_ip"], "198.51.100.77");
     // Paging through the audit log.
-    let page = c.admin("GET", &format!("/admin/audit?key_id={id}&limit=2"), None).json();
+    let page = c
+        .admin("GET", &format!("/admin/audit?key_id={id}&limit=2"), None)
+        .json();
     assert_eq!(page["events"].as_array().unwrap().len(), 2);
     let cur = page["cursor"].as_str().unwrap();
-    let next = c.admin("GET", &format!("/admin/audit?key_id={id}&limit=2&cursor={cur}"), None).json();
+    let next = c
+        .admin(
+            "GET",
+            &format!("/admin/audit?key_id={id}&limit=2&cursor={cur}"),
+            None,
+        )
+        .json();
     assert_eq!(next["events"][0]["action"], "key.enable");
-    assert_eq!(c.admin("GET", "/admin/audit?key_id=../x", None).code(), "invalid_field");
+    assert_eq!(
+        c.admin("GET", "/admin/audit?key_id=../x", None).code(),
+        "invalid_field"
+    );
     assert_eq!(c.admin("GET", "/admin/audit", None).status, 200);
 }
 
@@ -344,10 +554,14 @@ fn admin_keys_and_escalation(c: &Ctx) {
     };
     let create = |body: Value| c.admin_as(&admin, "POST", "/admin/keys", Some(body), None);
     // Within its reach: 201, and the audit actor is the admin key's id.
-    let r = create(json!({"name": "child", "group": g, "scopes": ["license:read", "keyring.comms.encrypt"], "tenants": ["acme"]}));
+    let r = create(
+        json!({"name": "child", "group": g, "scopes": ["license:read", "keyring.comms.encrypt"], "tenants": ["acme"]}),
+    );
     assert_eq!(r.status, 201, "{}", r.body);
     let child = r.json()["record"]["id"].as_str().unwrap().to_owned();
-    let ev = c.admin("GET", &format!("/admin/audit?key_id={child}"), None).json();
+    let ev = c
+        .admin("GET", &format!("/admin/audit?key_id={child}"), None)
+        .json();
     assert_eq!(ev["events"][0]["actor"], admin_id);
     // Escalations: broader scopes, another environment, foreign tenants, admin powers it lacks.
     for body in [
@@ -363,33 +577,71 @@ fn admin_keys_and_escalation(c: &Ctx) {
     }
     assert_eq!(ids_in_group(c, &g).len(), 2, "an escalation attempt wrote a key");
     // Changing a key: neither widening its own child nor touching keys outside its reach.
-    let r = c.admin_as(&admin, "PATCH", &format!("/admin/keys/{child}"), Some(json!({"scopes": ["billing:read"]})), None);
+    let r = c.admin_as(
+        &admin,
+        "PATCH",
+        &format!("/admin/keys/{child}"),
+        Some(json!({"scopes": ["billing:read"]})),
+        None,
+    );
     assert_eq!(r.code(), "scope_escalation");
     let (_, outsider) = c.key_with(&["billing:read"]);
-    for (m, p) in [("POST", format!("/admin/keys/{outsider}/revoke")), ("DELETE", format!("/admin/keys/{outsider}")), ("POST", format!("/admin/keys/{outsider}/rotate"))] {
+    for (m, p) in [
+        ("POST", format!("/admin/keys/{outsider}/revoke")),
+        ("DELETE", format!("/admin/keys/{outsider}")),
+        ("POST", format!("/admin/keys/{outsider}/rotate")),
+    ] {
         let r = c.admin_as(&admin, m, &p, None, None);
         assert_eq!(r.code(), "scope_escalation", "{m} {p}");
     }
-    assert_eq!(c.admin("GET", &format!("/admin/keys/{outsider}"), None).json()["status"], "active");
+    assert_eq!(
+        c.admin("GET", &format!("/admin/keys/{outsider}"), None).json()["status"],
+        "active"
+    );
     let r = c.admin_as(&admin, "POST", &format!("/admin/keys/{child}/revoke"), None, None);
     assert_eq!(r.json()["status"], "revoked");
     // No audit scope.
-    assert_eq!(c.admin_as(&admin, "GET", "/admin/audit", None, None).code(), "insufficient_scope");
+    assert_eq!(
+        c.admin_as(&admin, "GET", "/admin/audit", None, None).code(),
+        "insufficient_scope"
+    );
 }
 
 fn admin_key_bounds(c: &Ctx) {
     let (reader, _) = c.key_with(&["admin:keys:read"]);
-    assert_eq!(c.admin_as(&reader, "GET", "/admin/keys?limit=1", None, None).status, 200);
-    let r = c.admin_as(&reader, "POST", "/admin/keys", Some(json!({"name": "x", "scopes": ["a"]})), None);
+    assert_eq!(
+        c.admin_as(&reader, "GET", "/admin/keys?limit=1", None, None)
+            .status,
+        200
+    );
+    let r = c.admin_as(
+        &reader,
+        "POST",
+        "/admin/keys",
+        Some(json!({"name": "x", "scopes": ["a"]})),
+        None,
+    );
     assert_eq!((r.status, r.code().as_str()), (403, "insufficient_scope"));
     // Its own IP allowlist binds it.
-    let (fenced, _) = c.create(json!({"name": "fenced", "scopes": ["admin:**"], "ip_allowlist": ["10.0.0.0/8"]}));
-    assert_eq!(c.admin_as(&fenced, "GET", "/admin/audit", None, Some("10.2.3.4")).status, 200);
-    assert_eq!(c.admin_as(&fenced, "GET", "/admin/audit", None, Some("192.0.2.1")).code(), "ip_not_allowed");
+    let (fenced, _) =
+        c.create(json!({"name": "fenced", "scopes": ["admin:**"], "ip_allowlist": ["10.0.0.0/8"]}));
+    assert_eq!(
+        c.admin_as(&fenced, "GET", "/admin/audit", None, Some("10.2.3.4"))
+            .status,
+        200
+    );
+    assert_eq!(
+        c.admin_as(&fenced, "GET", "/admin/audit", None, Some("192.0.2.1"))
+            .code(),
+        "ip_not_allowed"
+    );
     // Revocation and expiry bind it too.
     let (doomed, doomed_id) = c.key_with(&["admin:**"]);
     c.admin("POST", &format!("/admin/keys/{doomed_id}/revoke"), None);
-    assert_eq!(c.admin_as(&doomed, "GET", "/admin/keys", None, None).code(), "revoked_key");
+    assert_eq!(
+        c.admin_as(&doomed, "GET", "/admin/keys", None, None).code(),
+        "revoked_key"
+    );
 }
 
 fn openapi_document(c: &Ctx) {
@@ -397,7 +649,13 @@ fn openapi_document(c: &Ctx) {
     assert_eq!(r.status, 200);
     let v = r.json();
     assert!(v["openapi"].as_str().unwrap().starts_with("3.1"));
-    for p in ["/admin/keys", "/admin/keys/{id}", "/admin/keys/{id}/revoke", "/admin/keys/{id}/rotate", "/admin/audit"] {
+    for p in [
+        "/admin/keys",
+        "/admin/keys/{id}",
+        "/admin/keys/{id}/revoke",
+        "/admin/keys/{id}/rotate",
+        "/admin/audit",
+    ] {
         assert!(v["paths"].get(p).is_some(), "{p} missing from openapi.json");
     }
 }
@@ -406,11 +664,25 @@ fn schemathesis(c: &Ctx) {
     let out = Command::new("bash")
         .arg("scripts/schemathesis.sh")
         .current_dir(root())
-        .env("KEYGATE_URL", &c.main.base)
-        .env("KEYGATE_ADMIN_TOKEN", &c.main.admin_token)
+        .env("KEYGATE_URL", &c.fuzz.base)
+        .env("KEYGATE_ADMIN_TOKEN", &c.fuzz.admin_token)
         .output()
         .expect("run scripts/schemathesis.sh");
-    let text = format!("{}\n{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    let text = format!(
+        "{}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert!(out.status.success(), "schemathesis found problems:\n{text}");
-    eprintln!("{}", text.lines().rev().take(15).collect::<Vec<_>>().into_iter().rev().collect::<Vec<_>>().join("\n"));
+    eprintln!(
+        "{}",
+        text.lines()
+            .rev()
+            .take(15)
+            .collect::<Vec<_>>()
+            .into_iter()
+            .rev()
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
 }

@@ -52,12 +52,16 @@ pub struct Group {
 impl Group {
     fn spawn(name: &'static str, mut cmd: Command, log: Option<PathBuf>) -> Group {
         cmd.process_group(0);
-        let child = cmd.spawn().unwrap_or_else(|e| panic!("e2e: cannot start {name}: {e}"));
+        let child = cmd
+            .spawn()
+            .unwrap_or_else(|e| panic!("e2e: cannot start {name}: {e}"));
         Group { child, name, log }
     }
 
     fn log_tail(&self) -> String {
-        let Some(path) = &self.log else { return String::new() };
+        let Some(path) = &self.log else {
+            return String::new();
+        };
         let text = std::fs::read_to_string(path).unwrap_or_default();
         let lines: Vec<&str> = text.lines().collect();
         lines[lines.len().saturating_sub(30)..].join("\n")
@@ -66,7 +70,10 @@ impl Group {
     fn stop(&mut self) {
         let pgid = self.child.id() as i32;
         let signal = |sig: &str| {
-            let _ = Command::new("kill").args([sig, "--", &format!("-{pgid}")]).stderr(Stdio::null()).status();
+            let _ = Command::new("kill")
+                .args([sig, "--", &format!("-{pgid}")])
+                .stderr(Stdio::null())
+                .status();
         };
         signal("-TERM");
         let deadline = Instant::now() + Duration::from_secs(5);
@@ -97,11 +104,15 @@ pub struct Origin {
 
 pub fn start_origin() -> Origin {
     let mut cmd = Command::new("node");
-    cmd.args(["scripts/echo-origin.mjs", "0"]).current_dir(root()).stdout(Stdio::piped());
+    cmd.args(["scripts/echo-origin.mjs", "0"])
+        .current_dir(root())
+        .stdout(Stdio::piped());
     let mut group = Group::spawn("echo origin", cmd, None);
     let stdout = group.child.stdout.take().expect("origin stdout");
     let mut line = String::new();
-    BufReader::new(stdout).read_line(&mut line).expect("origin output");
+    BufReader::new(stdout)
+        .read_line(&mut line)
+        .expect("origin output");
     let port = line
         .trim()
         .strip_prefix("listening ")
@@ -134,16 +145,27 @@ pub fn start_worker(opts: WorkerOptions<'_>) -> Worker {
     for (k, v) in opts.seed {
         wrangler_kv(&persist, &["put", k, v]);
     }
-    let admin_token = if opts.no_admin_token { String::new() } else { random_hex(24) };
+    let admin_token = if opts.no_admin_token {
+        String::new()
+    } else {
+        random_hex(24)
+    };
     let log = persist.join("wrangler.log");
     let log_file = std::fs::File::create(&log).expect("log file");
     let mut cmd = Command::new("npx");
-    cmd.args(["wrangler", "dev", "--ip", "127.0.0.1", "--port", &port.to_string()])
-        .arg("--persist-to")
-        .arg(&persist)
-        .args(["--var", &format!("ORIGIN:http://127.0.0.1:{}", opts.origin_port)])
-        .args(["--var", &format!("ADMIN_TOKEN:{admin_token}")])
-        .args(["--show-interactive-dev-session=false", "--log-level", "log"]);
+    cmd.args([
+        "wrangler",
+        "dev",
+        "--ip",
+        "127.0.0.1",
+        "--port",
+        &port.to_string(),
+    ])
+    .arg("--persist-to")
+    .arg(&persist)
+    .args(["--var", &format!("ORIGIN:http://127.0.0.1:{}", opts.origin_port)])
+    .args(["--var", &format!("ADMIN_TOKEN:{admin_token}")])
+    .args(["--show-interactive-dev-session=false", "--log-level", "log"]);
     if let Some(p) = opts.policy {
         cmd.args(["--var", &format!("POLICY:{p}")]);
     }
@@ -160,7 +182,10 @@ pub fn start_worker(opts: WorkerOptions<'_>) -> Worker {
     let deadline = Instant::now() + Duration::from_secs(120);
     loop {
         if let Ok(Some(status)) = group.child.try_wait() {
-            panic!("e2e: wrangler dev exited ({status}) before it was ready:\n{}", group.log_tail());
+            panic!(
+                "e2e: wrangler dev exited ({status}) before it was ready:\n{}",
+                group.log_tail()
+            );
         }
         // Any HTTP answer means workerd is serving (the bad-policy worker answers 500).
         if agent().get(&format!("{base}/healthz")).call().is_ok() {
@@ -173,7 +198,12 @@ pub fn start_worker(opts: WorkerOptions<'_>) -> Worker {
         }
         std::thread::sleep(Duration::from_millis(300));
     }
-    Worker { base, admin_token, persist, group }
+    Worker {
+        base,
+        admin_token,
+        persist,
+        group,
+    }
 }
 
 impl Worker {
@@ -202,20 +232,28 @@ pub fn wrangler_kv(persist: &Path, args: &[&str]) -> String {
         .stdin(Stdio::null())
         .output()
         .unwrap_or_else(|e| panic!("e2e: cannot run wrangler kv: {e}"));
-    assert!(out.status.success(), "wrangler kv {args:?} failed: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "wrangler kv {args:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
 /// Does any file under `dir` contain `needle`?
 pub fn dir_contains(dir: &Path, needle: &[u8]) -> bool {
-    let Ok(entries) = std::fs::read_dir(dir) else { return false };
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return false;
+    };
     entries.flatten().any(|e| {
         let p = e.path();
         if p.is_dir() {
             dir_contains(&p, needle)
         } else {
             let mut buf = Vec::new();
-            std::fs::File::open(&p).and_then(|mut f| f.read_to_end(&mut buf)).is_ok()
+            std::fs::File::open(&p)
+                .and_then(|mut f| f.read_to_end(&mut buf))
+                .is_ok()
                 && buf.windows(needle.len()).any(|w| w == needle)
         }
     })
@@ -236,7 +274,10 @@ pub struct Resp {
 
 impl Resp {
     pub fn header(&self, name: &str) -> Option<&str> {
-        self.headers.iter().find(|(k, _)| k.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str())
+        self.headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
     }
 
     pub fn json(&self) -> Value {
@@ -245,7 +286,12 @@ impl Resp {
 
     /// The problem code of a denial, checking the problem+json shape on the way.
     pub fn code(&self) -> String {
-        assert_eq!(self.header("content-type"), Some("application/problem+json"), "body: {}", self.body);
+        assert_eq!(
+            self.header("content-type"),
+            Some("application/problem+json"),
+            "body: {}",
+            self.body
+        );
         let v = self.json();
         for k in ["type", "title", "detail", "code"] {
             assert!(v[k].is_string(), "problem lacks {k}: {}", self.body);
@@ -256,7 +302,13 @@ impl Resp {
 
     /// What the echo origin received (only for forwarded requests).
     pub fn echoed(&self) -> Value {
-        assert_eq!(self.header("x-origin"), Some("echo"), "not forwarded: {} {}", self.status, self.body);
+        assert_eq!(
+            self.header("x-origin"),
+            Some("echo"),
+            "not forwarded: {} {}",
+            self.status,
+            self.body
+        );
         self.json()
     }
 }
@@ -268,6 +320,62 @@ fn agent() -> ureq::Agent {
         .timeout_global(Some(Duration::from_secs(30)))
         .build()
         .into()
+}
+
+/// A request over a plain socket, for methods the HTTP client refuses to send (`PROPFIND`).
+pub fn send_raw(method: &str, url: &str, headers: &[(&str, &str)]) -> Resp {
+    use std::io::Write;
+    let rest = url.strip_prefix("http://").expect("http URL");
+    let (host, path) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
+    let mut stream = std::net::TcpStream::connect(host).unwrap_or_else(|e| panic!("{method} {url}: {e}"));
+    stream
+        .set_read_timeout(Some(Duration::from_secs(30)))
+        .expect("timeout");
+    let mut req =
+        format!("{method} {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\nContent-Length: 0\r\n");
+    for (k, v) in headers {
+        req.push_str(&format!("{k}: {v}\r\n"));
+    }
+    req.push_str("\r\n");
+    stream.write_all(req.as_bytes()).expect("write");
+    let mut raw = Vec::new();
+    stream.read_to_end(&mut raw).expect("read");
+    let text = String::from_utf8_lossy(&raw).into_owned();
+    let (head, mut body) = text
+        .split_once("\r\n\r\n")
+        .map(|(h, b)| (h.to_owned(), b.to_owned()))
+        .expect("response head");
+    let mut lines = head.lines();
+    let status = lines
+        .next()
+        .and_then(|l| l.split(' ').nth(1))
+        .and_then(|s| s.parse().ok())
+        .expect("status");
+    let headers: Vec<(String, String)> = lines
+        .filter_map(|l| l.split_once(':'))
+        .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_owned()))
+        .collect();
+    if headers
+        .iter()
+        .any(|(k, v)| k == "transfer-encoding" && v.contains("chunked"))
+    {
+        let mut out = String::new();
+        let mut rest = body.as_str();
+        while let Some((size, tail)) = rest.split_once("\r\n") {
+            let n = usize::from_str_radix(size.trim(), 16).unwrap_or(0);
+            if n == 0 {
+                break;
+            }
+            out.push_str(&tail[..n]);
+            rest = &tail[n + 2..];
+        }
+        body = out;
+    }
+    Resp {
+        status,
+        headers,
+        body,
+    }
 }
 
 pub fn send(method: &str, url: &str, headers: &[(&str, &str)], body: Option<&str>) -> Resp {
@@ -284,5 +392,9 @@ pub fn send(method: &str, url: &str, headers: &[(&str, &str)], body: Option<&str
         .collect();
     let status = resp.status().as_u16();
     let body = resp.body_mut().read_to_string().unwrap_or_default();
-    Resp { status, headers, body }
+    Resp {
+        status,
+        headers,
+        body,
+    }
 }

@@ -1,6 +1,7 @@
 //! End-to-end tests: the real built worker under workerd (`wrangler dev`), real local KV, a real
-//! local origin, real HTTP. Three workers run: the main one (the policy of wrangler.toml), one
-//! with an invalid policy, and one without an admin token.
+//! local origin, real HTTP. Four workers run: the main one (the policy of wrangler.toml), one
+//! with an invalid policy, one without an admin token, and one of its own for schemathesis
+//! (whose stateful phase revokes and deletes whatever keys it can list).
 
 mod admin;
 mod gateway;
@@ -17,6 +18,7 @@ pub struct Ctx {
     pub main: Worker,
     pub bad_policy: Worker,
     pub no_admin: Worker,
+    pub fuzz: Worker,
     pub origin: Origin,
     /// A well-formed key id whose KV record is corrupt (seeded before start).
     pub corrupt_id: String,
@@ -51,10 +53,20 @@ impl Ctx {
     }
 
     /// An admin call authenticated with an API key.
-    pub fn admin_as(&self, key: &str, method: &str, path: &str, body: Option<Value>, ip: Option<&str>) -> Resp {
+    pub fn admin_as(
+        &self,
+        key: &str,
+        method: &str,
+        path: &str,
+        body: Option<Value>,
+        ip: Option<&str>,
+    ) -> Resp {
         let auth = format!("Bearer {key}");
         let body = body.map(|b| b.to_string());
-        let mut headers = vec![("Authorization", auth.as_str()), ("Content-Type", "application/json")];
+        let mut headers = vec![
+            ("Authorization", auth.as_str()),
+            ("Content-Type", "application/json"),
+        ];
         if let Some(ip) = ip {
             headers.push(("CF-Connecting-IP", ip));
         }
@@ -83,7 +95,14 @@ fn main() {
     let origin_port = origin.port;
     let seed = vec![(format!("key:{corrupt_id}"), "{not json".to_owned())];
     // Start the three workers side by side: each takes a while to boot.
-    let main = std::thread::spawn(move || start_worker(WorkerOptions { origin_port, policy: None, seed: &seed, no_admin_token: false }));
+    let main = std::thread::spawn(move || {
+        start_worker(WorkerOptions {
+            origin_port,
+            policy: None,
+            seed: &seed,
+            no_admin_token: false,
+        })
+    });
     let bad = std::thread::spawn(move || {
         start_worker(WorkerOptions {
             origin_port,
@@ -96,9 +115,35 @@ fn main() {
         (Ok(m), Ok(b)) => (m, b),
         _ => panic!("e2e: a worker failed to start (see the messages above)"),
     };
-    let no_admin = start_worker(WorkerOptions { origin_port, policy: None, seed: &[], no_admin_token: true });
-    let ctx = Arc::new(Ctx { main, bad_policy, no_admin, origin, corrupt_id });
-    let ports: Vec<u16> = [&ctx.main, &ctx.bad_policy, &ctx.no_admin]
+    let no_admin = std::thread::spawn(move || {
+        start_worker(WorkerOptions {
+            origin_port,
+            policy: None,
+            seed: &[],
+            no_admin_token: true,
+        })
+    });
+    let fuzz = std::thread::spawn(move || {
+        start_worker(WorkerOptions {
+            origin_port,
+            policy: None,
+            seed: &[],
+            no_admin_token: false,
+        })
+    });
+    let (no_admin, fuzz) = match (no_admin.join(), fuzz.join()) {
+        (Ok(n), Ok(f)) => (n, f),
+        _ => panic!("e2e: a worker failed to start (see the messages above)"),
+    };
+    let ctx = Arc::new(Ctx {
+        main,
+        bad_policy,
+        no_admin,
+        fuzz,
+        origin,
+        corrupt_id,
+    });
+    let ports: Vec<u16> = [&ctx.main, &ctx.bad_policy, &ctx.no_admin, &ctx.fuzz]
         .iter()
         .filter_map(|w| w.base.rsplit(':').next()?.parse().ok())
         .collect();
@@ -119,7 +164,10 @@ fn main() {
     drop(ctx);
     std::thread::sleep(Duration::from_millis(200));
     for p in ports {
-        assert!(!harness::port_open(p), "e2e: something still listens on port {p} after shutdown");
+        assert!(
+            !harness::port_open(p),
+            "e2e: something still listens on port {p} after shutdown"
+        );
     }
     conclusion.exit();
 }

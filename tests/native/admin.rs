@@ -6,11 +6,26 @@ use crate::World;
 fn token_may_purge_a_corrupt_record() {
     let w = World::new();
     let id = "00000000deadbeef";
-    futures::executor::block_on(keygate::store::KvStore::put(&w.store, &format!("key:{id}"), "garbage")).unwrap();
-    assert_eq!(w.admin("GET", &format!("/admin/keys/{id}"), None).unwrap_err().code, "record_invalid");
+    futures::executor::block_on(keygate::store::KvStore::put(
+        &w.store,
+        &format!("key:{id}"),
+        "garbage",
+    ))
+    .unwrap();
+    assert_eq!(
+        w.admin("GET", &format!("/admin/keys/{id}"), None)
+            .unwrap_err()
+            .code,
+        "record_invalid"
+    );
     let listed = w.admin("GET", "/admin/keys", None).unwrap().body.unwrap();
     assert_eq!(listed["keys"], json!([]));
-    assert_eq!(w.admin("DELETE", &format!("/admin/keys/{id}"), None).unwrap().status, 204);
+    assert_eq!(
+        w.admin("DELETE", &format!("/admin/keys/{id}"), None)
+            .unwrap()
+            .status,
+        204
+    );
     assert!(w.store.snapshot().get(&format!("key:{id}")).is_none());
 }
 
@@ -23,16 +38,30 @@ fn errors_write_nothing() {
         json!({"name": "x", "scopes": ["a"], "ip_allowlist": ["10.0.0.1/8"]}),
         json!({"name": "x", "scopes": ["a"], "expires_at": "1999-01-01T00:00:00Z"}),
     ] {
-        assert_eq!(w.admin("POST", "/admin/keys", Some(body)).unwrap_err().status, 422);
+        assert_eq!(
+            w.admin("POST", "/admin/keys", Some(body)).unwrap_err().status,
+            422
+        );
     }
-    assert_eq!(w.admin_raw("POST", "/admin/keys", "wrong", Some("{}")).unwrap_err().status, 401);
+    assert_eq!(
+        w.admin_raw("POST", "/admin/keys", "wrong", Some("{}"))
+            .unwrap_err()
+            .status,
+        401
+    );
     assert_eq!(w.store.snapshot(), before);
 }
 
 #[test]
 fn expiry_presets_and_rotation_lifetimes() {
     let w = World::new();
-    for (preset, secs) in [("1h", 3600), ("12h", 43_200), ("1d", 86_400), ("5d", 432_000), ("1y", 31_536_000)] {
+    for (preset, secs) in [
+        ("1h", 3600),
+        ("12h", 43_200),
+        ("1d", 86_400),
+        ("5d", 432_000),
+        ("1y", 31_536_000),
+    ] {
         let (_, rec) = w.issue(json!({"name": "p", "scopes": ["a"], "expires_in": preset}));
         let at = keygate::time::Timestamp::parse_rfc3339(rec["expires_at"].as_str().unwrap()).unwrap();
         assert_eq!(at, w.now.plus_seconds(secs), "{preset}");

@@ -15,29 +15,54 @@ fn denial(d: Decision) -> Denial {
 
 #[test]
 fn zero_store_reads_for_malformed_keys_route_ip_denials_and_cached_keys() {
-    let w = World::with_store(CountingStore { inner: MemoryStore::new(), reads: Default::default() });
+    let w = World::with_store(CountingStore {
+        inner: MemoryStore::new(),
+        reads: Default::default(),
+    });
     let (key, _) = w.issue(json!({"name": "k", "scopes": ["license:read"]}));
     w.cache.borrow_mut().clear();
     w.store.reads.set(0);
 
-    assert_eq!(denial(w.decide("GET", "/licenses/1", &[("x-api-key", "kg_live_nope")], None)), Denial::MalformedKey);
+    assert_eq!(
+        denial(w.decide("GET", "/licenses/1", &[("x-api-key", "kg_live_nope")], None)),
+        Denial::MalformedKey
+    );
     let last = if key.ends_with('0') { '1' } else { '0' };
     let typo = format!("{}{last}", &key[..key.len() - 1]);
-    assert_eq!(denial(w.decide("GET", "/licenses/1", &[("x-api-key", &typo)], None)), Denial::MalformedKey);
-    assert_eq!(denial(w.decide("GET", "/internal/x", &[("x-api-key", &key)], Some("8.8.8.8"))), Denial::IpNotAllowed);
-    assert_eq!(w.store.reads.get(), 0, "malformed keys and route-IP denials must not read the store");
+    assert_eq!(
+        denial(w.decide("GET", "/licenses/1", &[("x-api-key", &typo)], None)),
+        Denial::MalformedKey
+    );
+    assert_eq!(
+        denial(w.decide("GET", "/internal/x", &[("x-api-key", &key)], Some("8.8.8.8"))),
+        Denial::IpNotAllowed
+    );
+    assert_eq!(
+        w.store.reads.get(),
+        0,
+        "malformed keys and route-IP denials must not read the store"
+    );
 
-    assert!(matches!(w.decide("GET", "/licenses/1", &[("x-api-key", &key)], None), Decision::Forward(_)));
+    assert!(matches!(
+        w.decide("GET", "/licenses/1", &[("x-api-key", &key)], None),
+        Decision::Forward(_)
+    ));
     assert_eq!(w.store.reads.get(), 1, "the first use reads the record once");
     for _ in 0..5 {
-        assert!(matches!(w.decide("GET", "/licenses/1", &[("x-api-key", &key)], None), Decision::Forward(_)));
+        assert!(matches!(
+            w.decide("GET", "/licenses/1", &[("x-api-key", &key)], None),
+            Decision::Forward(_)
+        ));
     }
     assert_eq!(w.store.reads.get(), 1, "a cached key costs no reads");
 
     // Unknown ids are cached too: a flood of random well-formed keys costs one read each, once.
     let unknown = ApiKey::generate(&KeyPrefix::default(), Environment::Live).unwrap();
     for _ in 0..5 {
-        assert_eq!(denial(w.decide("GET", "/licenses/1", &[("x-api-key", unknown.expose())], None)), Denial::InvalidKey);
+        assert_eq!(
+            denial(w.decide("GET", "/licenses/1", &[("x-api-key", unknown.expose())], None)),
+            Denial::InvalidKey
+        );
     }
     assert_eq!(w.store.reads.get(), 2);
 }
@@ -46,16 +71,30 @@ fn zero_store_reads_for_malformed_keys_route_ip_denials_and_cached_keys() {
 fn cache_entries_expire_so_other_isolates_changes_arrive() {
     let mut w = World::new();
     let (key, rec) = w.issue(json!({"name": "k", "scopes": ["license:read"]}));
-    assert!(matches!(w.decide("GET", "/licenses/1", &[("x-api-key", &key)], None), Decision::Forward(_)));
+    assert!(matches!(
+        w.decide("GET", "/licenses/1", &[("x-api-key", &key)], None),
+        Decision::Forward(_)
+    ));
     // Another isolate revokes it: only the store changes.
     let id = rec["id"].as_str().unwrap();
-    let raw = futures::executor::block_on(w.store.get(&format!("key:{id}"))).unwrap().unwrap();
+    let raw = futures::executor::block_on(w.store.get(&format!("key:{id}")))
+        .unwrap()
+        .unwrap();
     let mut stored: serde_json::Value = serde_json::from_str(&raw).unwrap();
     stored["revoked_at"] = json!("2027-01-01T00:00:00Z");
     futures::executor::block_on(w.store.put(&format!("key:{id}"), &stored.to_string())).unwrap();
-    assert!(matches!(w.decide("GET", "/licenses/1", &[("x-api-key", &key)], None), Decision::Forward(_)), "still cached");
+    assert!(
+        matches!(
+            w.decide("GET", "/licenses/1", &[("x-api-key", &key)], None),
+            Decision::Forward(_)
+        ),
+        "still cached"
+    );
     w.now = w.now.plus_seconds(10);
-    assert_eq!(denial(w.decide("GET", "/licenses/1", &[("x-api-key", &key)], None)), Denial::RevokedKey);
+    assert_eq!(
+        denial(w.decide("GET", "/licenses/1", &[("x-api-key", &key)], None)),
+        Denial::RevokedKey
+    );
 }
 
 #[test]
@@ -68,9 +107,14 @@ fn store_outage_fails_closed_with_503() {
     assert_eq!((p.status, p.code), (503, "store_unavailable"));
     assert!(p.headers.iter().any(|(k, _)| *k == "Retry-After"));
     // Public routes need no store.
-    assert!(matches!(w.decide("GET", "/public/x", &[], None), Decision::Forward(_)));
+    assert!(matches!(
+        w.decide("GET", "/public/x", &[], None),
+        Decision::Forward(_)
+    ));
     // The admin API refuses rather than pretending.
-    let err = w.admin("POST", "/admin/keys", Some(json!({"name": "k", "scopes": ["a"]}))).unwrap_err();
+    let err = w
+        .admin("POST", "/admin/keys", Some(json!({"name": "k", "scopes": ["a"]})))
+        .unwrap_err();
     assert_eq!(err.status, 503);
 }
 
@@ -79,36 +123,63 @@ fn corrupt_records_and_missing_pepper_fail_closed() {
     let w = World::new();
     let key = ApiKey::generate(&KeyPrefix::default(), Environment::Live).unwrap();
     futures::executor::block_on(w.store.put(&format!("key:{}", key.id()), "{\"id\": 1}")).unwrap();
-    assert!(matches!(denial(w.decide("GET", "/licenses/1", &[("x-api-key", key.expose())], None)), Denial::RecordInvalid(_)));
+    assert!(matches!(
+        denial(w.decide("GET", "/licenses/1", &[("x-api-key", key.expose())], None)),
+        Denial::RecordInvalid(_)
+    ));
 
     // A key issued with a pepper cannot be checked by a deployment that lost it.
     let mut peppered = World::new();
     peppered.gateway.hasher = KeyHasher::new(Some("pepper"));
     let (k, rec) = peppered.issue(json!({"name": "k", "scopes": ["license:read"]}));
-    let raw = futures::executor::block_on(peppered.store.get(&format!("key:{}", rec["id"].as_str().unwrap()))).unwrap().unwrap();
+    let raw = futures::executor::block_on(
+        peppered
+            .store
+            .get(&format!("key:{}", rec["id"].as_str().unwrap())),
+    )
+    .unwrap()
+    .unwrap();
     assert!(raw.contains("\"hash_version\":\"hmac_sha256\""));
-    assert!(matches!(peppered.decide("GET", "/licenses/1", &[("x-api-key", &k)], None), Decision::Forward(_)));
+    assert!(matches!(
+        peppered.decide("GET", "/licenses/1", &[("x-api-key", &k)], None),
+        Decision::Forward(_)
+    ));
     peppered.gateway.hasher = KeyHasher::new(None);
     peppered.cache.borrow_mut().clear();
-    assert!(matches!(denial(peppered.decide("GET", "/licenses/1", &[("x-api-key", &k)], None)), Denial::PepperMissing(_)));
+    assert!(matches!(
+        denial(peppered.decide("GET", "/licenses/1", &[("x-api-key", &k)], None)),
+        Denial::PepperMissing(_)
+    ));
 }
 
 #[test]
 fn tenant_and_scope_and_principal() {
     let w = World::new();
-    let (key, rec) = w.issue(json!({"name": "k", "scopes": ["org:access", "keyring.*.encrypt"], "tenants": ["acme"]}));
-    match w.decide("GET", "/orgs/acme/x", &[("authorization", &format!("Bearer {key}"))], None) {
+    let (key, rec) =
+        w.issue(json!({"name": "k", "scopes": ["org:access", "keyring.*.encrypt"], "tenants": ["acme"]}));
+    match w.decide(
+        "GET",
+        "/orgs/acme/x",
+        &[("authorization", &format!("Bearer {key}"))],
+        None,
+    ) {
         Decision::Forward(f) => {
             let p = f.principal.unwrap();
-            assert_eq!(p.key_id.as_str(), rec["id"]);
+            assert_eq!(p.key_id().as_str(), rec["id"]);
+            assert_eq!(p.scopes_header(), "org:access,keyring.*.encrypt");
             assert_eq!(p.tenant.as_deref(), Some("acme"));
             assert!(f.credential.in_bearer_header && !f.credential.in_api_key_header);
         }
         other => panic!("{other:?}"),
     }
-    assert_eq!(denial(w.decide("GET", "/orgs/other/x", &[("x-api-key", &key)], None)), Denial::TenantNotAllowed);
+    assert_eq!(
+        denial(w.decide("GET", "/orgs/other/x", &[("x-api-key", &key)], None)),
+        Denial::TenantNotAllowed
+    );
     assert_eq!(
         denial(w.decide("POST", "/keyrings/a%2Eb/encrypt", &[("x-api-key", &key)], None)),
-        Denial::InsufficientScope { required: vec!["keyring.{ring}.encrypt".into()] }
+        Denial::InsufficientScope {
+            required: vec!["keyring.{ring}.encrypt".into()]
+        }
     );
 }

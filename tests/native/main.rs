@@ -52,7 +52,10 @@ impl World<MemoryStore> {
 impl<S: KvStore> World<S> {
     pub fn with_store(store: S) -> Self {
         World {
-            gateway: Gateway { policy: policy(), hasher: KeyHasher::new(None) },
+            gateway: Gateway {
+                policy: policy(),
+                hasher: KeyHasher::new(None),
+            },
             store,
             cache: RefCell::new(RecordCache::new(100, 100, 10, 5)),
             now: Timestamp::from_millis(T0),
@@ -60,11 +63,17 @@ impl<S: KvStore> World<S> {
     }
 
     pub fn records(&self) -> Records<'_, S> {
-        Records { store: &self.store, cache: &self.cache }
+        Records {
+            store: &self.store,
+            cache: &self.cache,
+        }
     }
 
     pub fn decide(&self, method: &str, path: &str, headers: &[(&str, &str)], ip: Option<&str>) -> Decision {
-        let headers: Vec<(String, String)> = headers.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        let headers: Vec<(String, String)> = headers
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
         let facts = RequestFacts {
             method,
             path,
@@ -75,7 +84,13 @@ impl<S: KvStore> World<S> {
         block_on(self.gateway.decide(&facts, &self.records(), self.now))
     }
 
-    pub fn admin_raw(&self, method: &str, path: &str, auth: &str, body: Option<&str>) -> Result<Reply, Problem> {
+    pub fn admin_raw(
+        &self,
+        method: &str,
+        path: &str,
+        auth: &str,
+        body: Option<&str>,
+    ) -> Result<Reply, Problem> {
         let mut headers = vec![("authorization".to_owned(), format!("Bearer {auth}"))];
         if body.is_some() {
             headers.push(("content-type".to_owned(), "application/json".to_owned()));

@@ -10,7 +10,8 @@ fn shipped() -> serde_json::Value {
 
 #[test]
 fn the_shipped_policy_is_valid() {
-    let policy = Policy::from_json(&shipped()).unwrap_or_else(|e| panic!("wrangler.toml POLICY is invalid: {e}"));
+    let policy =
+        Policy::from_json(&shipped()).unwrap_or_else(|e| panic!("wrangler.toml POLICY is invalid: {e}"));
     assert!(policy.routes.len() >= 5);
     assert!(policy.routes.iter().any(|r| r.public));
     assert!(policy.routes.iter().any(|r| !r.ip_allowlist.is_empty()));
