@@ -77,8 +77,10 @@ ensure_cargo_tool() { # crate version binary
 
 ensure_node_modules() {
   if [ ! -x "$ROOT/node_modules/.bin/wrangler" ] || [ "$ROOT/package-lock.json" -nt "$ROOT/node_modules/.package-lock.json" ]; then
-    log "npm ci (wrangler, workerd, node 22, binaryen)"
-    (cd "$ROOT" && timeout 600 npm ci --no-audit --no-fund >&2)
+    log "npm install (wrangler, workerd, node 22, binaryen; versions pinned by package-lock.json)"
+    # Not `npm ci`: npm 11 writes locks without the other platforms' optional workerd packages
+    # and then refuses them in `npm ci`; `npm install` follows the same lock.
+    (cd "$ROOT" && timeout 600 npm install --no-audit --no-fund >&2)
   fi
 }
 
