@@ -841,19 +841,7 @@ impl Query {
 }
 
 fn query_decode(s: &str) -> Option<String> {
-    let s = s.replace('+', " ");
-    let mut out = Vec::with_capacity(s.len());
-    let mut bytes = s.bytes();
-    while let Some(b) = bytes.next() {
-        if b == b'%' {
-            let hi = (bytes.next()? as char).to_digit(16)?;
-            let lo = (bytes.next()? as char).to_digit(16)?;
-            out.push(u8::try_from(hi * 16 + lo).ok()?);
-        } else {
-            out.push(b);
-        }
-    }
-    String::from_utf8(out).ok()
+    crate::policy::percent_decode(&s.replace('+', " ")).map(std::borrow::Cow::into_owned)
 }
 
 // ---- bodies and validation ------------------------------------------------------------------

@@ -279,7 +279,8 @@ pub(crate) fn segments(raw: &str) -> Option<Vec<Cow<'_, str>>> {
     Some(out)
 }
 
-fn percent_decode(s: &str) -> Option<Cow<'_, str>> {
+/// Percent-decodes; `None` for a bad escape or a result that is not UTF-8.
+pub(crate) fn percent_decode(s: &str) -> Option<Cow<'_, str>> {
     if !s.contains('%') {
         return Some(Cow::Borrowed(s));
     }
