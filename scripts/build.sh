@@ -8,5 +8,11 @@ wasm_build_env
 cd "$ROOT"
 # wrangler dev runs this on start; the run and test scripts have built already.
 if [ -n "${KEYGATE_SKIP_BUILD:-}" ] && [ -f build/index.js ]; then exit 0; fi
+# Up to date: nothing that goes into the wasm is newer than it (wasm-opt alone takes ~25 s).
+if [ -z "${KEYGATE_FORCE_BUILD:-}" ] && [ -f build/index.js ] && [ -f build/index_bg.wasm ] &&
+  [ -z "$(find src Cargo.toml Cargo.lock scripts/build.sh -newer build/index_bg.wasm -print -quit)" ]; then
+  log "build/ is up to date"
+  exit 0
+fi
 worker-build --release >&2
 ls -l build/index_bg.wasm >&2 2>/dev/null || true
