@@ -17,7 +17,7 @@ use crate::credential::{self, HeaderSource};
 use crate::decide::{Gateway, key_ip_allowed};
 use crate::ip::{ClientIp, IpAllowlist};
 use crate::key::{ApiKey, Environment, KeyId, random_hex, secret_eq};
-use crate::problem::{Problem, store_unavailable};
+use crate::problem::{Problem, internal_error, method_not_allowed, store_unavailable};
 use crate::record::{KeyRecord, Status, slug};
 use crate::scope::Grant;
 use crate::store::{KvStore, LookupError, RECORD_PREFIX, Records, StoreError};
@@ -163,16 +163,6 @@ fn key_not_found() -> Problem {
     Problem::new(404, "key_not_found", "Key not found", "No key has this id.")
 }
 
-fn method_not_allowed(allow: &'static str) -> Problem {
-    Problem::new(
-        405,
-        "method_not_allowed",
-        "Method not allowed",
-        format!("Allowed: {allow}."),
-    )
-    .header("Allow", allow)
-}
-
 pub fn invalid_field(field: &str, detail: impl Into<String>) -> Problem {
     Problem::new(422, "invalid_field", "Invalid field", detail).with("field", json!(field))
 }
@@ -223,14 +213,7 @@ impl<S: KvStore> AdminContext<'_, S> {
                         status: 200,
                         body: Some(v),
                     })
-                    .map_err(|_| {
-                        Problem::new(
-                            500,
-                            "internal_error",
-                            "Internal error",
-                            "The OpenAPI document is invalid.",
-                        )
-                    }),
+                    .map_err(|_| internal_error("The OpenAPI document is invalid.")),
                 _ => Err(method_not_allowed("GET, HEAD")),
             };
         }
@@ -379,14 +362,8 @@ impl<S: KvStore> AdminContext<'_, S> {
         environment: Environment,
         build: impl FnOnce(KeyId, crate::key::HashVersion, String) -> KeyRecord,
     ) -> Result<(ApiKey, KeyRecord), Problem> {
-        let key = ApiKey::generate(&self.gateway.policy.key_prefix, environment).map_err(|_| {
-            Problem::new(
-                500,
-                "internal_error",
-                "Internal error",
-                "No randomness available.",
-            )
-        })?;
+        let key = ApiKey::generate(&self.gateway.policy.key_prefix, environment)
+            .map_err(|_| internal_error("No randomness available."))?;
         let (version, hash) = self.gateway.hasher.hash(&key);
         let record = build(key.id().clone(), version, hash);
         Ok((key, record))

@@ -154,10 +154,7 @@ async fn fetch(req: Request, env: Env, _ctx: Context) -> worker::Result<Response
         Ok(r) => Ok(r),
         Err(e) => {
             console_error!("internal error: {e}");
-            problem_response(&Problem::new(
-                500,
-                "internal_error",
-                "Internal error",
+            problem_response(&problem::internal_error(
                 "The gateway failed to handle this request; it was not forwarded.",
             ))
         }
@@ -178,15 +175,7 @@ async fn handle(req: Request, env: &Env) -> worker::Result<Response> {
     let method = req.inner().method().to_ascii_uppercase();
     if path == "/healthz" {
         if method != "GET" && method != "HEAD" {
-            return problem_response(
-                &Problem::new(
-                    405,
-                    "method_not_allowed",
-                    "Method not allowed",
-                    "Allowed: GET, HEAD.",
-                )
-                .header("Allow", "GET, HEAD"),
-            );
+            return problem_response(&problem::method_not_allowed("GET, HEAD"));
         }
         return Response::from_json(
             &serde_json::json!({"status": "ok", "name": "keygate", "version": crate::VERSION}),
@@ -201,12 +190,7 @@ async fn handle(req: Request, env: &Env) -> worker::Result<Response> {
         return admin(req, env, &gateway, &cache, &method, client_ip).await;
     }
     if !FORWARDABLE.contains(&method.as_str()) {
-        return problem_response(&Problem::new(
-            501,
-            "method_not_implemented",
-            "Method not implemented",
-            "The gateway forwards GET, HEAD, POST, PUT, PATCH, DELETE and OPTIONS only.",
-        ));
+        return problem_response(&problem::method_not_implemented());
     }
 
     let kv = Kv {
@@ -302,15 +286,7 @@ async fn forward(
         Ok(r) => r,
         Err(e) => {
             console_error!("origin_unavailable: {e}");
-            return problem_response(
-                &Problem::new(
-                    502,
-                    "origin_unavailable",
-                    "Origin unavailable",
-                    "The origin could not be reached.",
-                )
-                .header("Retry-After", "5"),
-            );
+            return problem_response(&problem::origin_unavailable());
         }
     };
     match f.sunset {

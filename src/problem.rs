@@ -143,6 +143,40 @@ pub fn store_unavailable() -> Problem {
     .header("Retry-After", "5")
 }
 
+pub fn method_not_allowed(allow: &'static str) -> Problem {
+    Problem::new(
+        405,
+        "method_not_allowed",
+        "Method not allowed",
+        format!("Allowed: {allow}."),
+    )
+    .header("Allow", allow)
+}
+
+/// For methods the runtime cannot forward unchanged.
+pub fn method_not_implemented() -> Problem {
+    Problem::new(
+        501,
+        "method_not_implemented",
+        "Method not implemented",
+        "The gateway forwards GET, HEAD, POST, PUT, PATCH, DELETE and OPTIONS only.",
+    )
+}
+
+pub fn origin_unavailable() -> Problem {
+    Problem::new(
+        502,
+        "origin_unavailable",
+        "Origin unavailable",
+        "The origin could not be reached.",
+    )
+    .header("Retry-After", "5")
+}
+
+pub fn internal_error(detail: &str) -> Problem {
+    Problem::new(500, "internal_error", "Internal error", detail)
+}
+
 pub fn policy_invalid() -> Problem {
     Problem::new(
         500,
