@@ -183,3 +183,56 @@ fn tenant_and_scope_and_principal() {
         }
     );
 }
+
+#[test]
+fn default_allow_forwards_unmatched_paths_unauthenticated() {
+    let mut w = World::new();
+    w.gateway.policy = keygate::policy::Policy::from_json(&json!({
+        "default": "allow",
+        "routes": [{"path": "/private/*", "scopes": ["p"]}]
+    }))
+    .unwrap();
+    match w.decide("GET", "/anything/else", &[("x-api-key", "whatever")], None) {
+        Decision::Forward(f) => assert!(f.principal.is_none()),
+        other => panic!("{other:?}"),
+    }
+    // A matched route still needs its key, and an undecodable path matches nothing: denied.
+    assert_eq!(
+        denial(w.decide("GET", "/private/x", &[], None)),
+        Denial::MissingKey
+    );
+    assert_eq!(denial(w.decide("GET", "/%zz", &[], None)), Denial::NoRoute);
+}
+
+#[test]
+fn query_keys_only_when_the_policy_opts_in() {
+    let mut w = World::new();
+    let (key, _) = w.issue(json!({"name": "k", "scopes": ["license:read"]}));
+    let facts_with_query = |w: &World, q: &str| {
+        let headers: Vec<(String, String)> = vec![];
+        let facts = keygate::decide::RequestFacts {
+            method: "GET",
+            path: "/licenses/1",
+            query: Some(q),
+            headers: &headers,
+            client_ip: None,
+        };
+        futures::executor::block_on(w.gateway.decide(&facts, &w.records(), w.now))
+    };
+    let q = format!("a=1&api_key={key}");
+    assert_eq!(
+        denial(facts_with_query(&w, &q)),
+        Denial::MissingKey,
+        "off by default"
+    );
+    let mut doc = json!({"credentials": {"query_param": "api_key"}, "routes": [
+        {"methods": ["GET"], "path": "/licenses/*", "scopes": ["license:read"]}
+    ]});
+    w.gateway.policy = keygate::policy::Policy::from_json(&doc).unwrap();
+    match facts_with_query(&w, &q) {
+        Decision::Forward(f) => assert!(f.credential.in_query),
+        other => panic!("{other:?}"),
+    }
+    doc["credentials"]["query_param"] = json!("bad name!");
+    assert!(keygate::policy::Policy::from_json(&doc).is_err());
+}
