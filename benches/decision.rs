@@ -11,7 +11,13 @@
 //!   its IP allowlist, IPv4 and IPv6, the client address matching only the last one;
 //! - `MemoryStore` + `Records` with a warm `RecordCache` (steady state: a cache hit), plus a
 //!   cold variant whose cache keeps nothing (store read + JSON parse every time).
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // A benchmark, not the gateway.
+// A benchmark: it may unwrap and index, a failure here aborts only the benchmark.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing
+)]
 #![recursion_limit = "512"] // The policy below is one large `json!` literal.
 
 use std::cell::RefCell;

@@ -410,7 +410,7 @@ mod tests {
         ] {
             assert!(Grant::parse(bad).is_err(), "{bad:?} should be invalid");
         }
-        assert!(Grant::parse(&"a.".repeat(40).trim_end_matches('.').to_owned()).is_err());
+        assert!(Grant::parse("a.".repeat(40).trim_end_matches('.')).is_err());
     }
 
     #[test]

@@ -2,6 +2,13 @@
 //! local origin, real HTTP. Four workers run: the main one (the policy of wrangler.toml), one
 //! with an invalid policy, one without an admin token, and one of its own for schemathesis
 //! (whose stateful phase revokes and deletes whatever keys it can list).
+// Tests may unwrap and index: a failure here is a failed test, not an aborted isolate.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing
+)]
 
 mod admin;
 mod gateway;

@@ -1,5 +1,12 @@
 //! Native tests of the whole decision and admin paths over in-memory and failing stores.
 //! (The same code runs in the worker; the e2e suite covers the workers-rs adapter.)
+// Tests may unwrap and index: a failure here is a failed test, not an aborted isolate.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing
+)]
 
 mod admin;
 mod decision;
@@ -46,6 +53,12 @@ pub struct World<S = MemoryStore> {
 impl World<MemoryStore> {
     pub fn new() -> Self {
         World::with_store(MemoryStore::new())
+    }
+}
+
+impl Default for World<MemoryStore> {
+    fn default() -> Self {
+        Self::new()
     }
 }
 
