@@ -120,7 +120,7 @@ impl Gateway {
         now: Timestamp,
     ) -> Result<Forward, Denial> {
         let segments = segments(req.path).ok_or(Denial::NoRoute)?;
-        let Some(route) = self.policy.first_match(req.method, &segments) else {
+        let Some(route) = self.policy.route(req.method, &segments) else {
             return match self.policy.default {
                 DefaultAction::Deny => Err(Denial::NoRoute),
                 DefaultAction::Allow => Ok(Forward {
@@ -235,7 +235,7 @@ fn authorize<'p>(
             .scopes
             .iter()
             .chain(&route.any_scopes)
-            .map(|t| t.describe_with(param))
+            .map(|t| t.describe(param))
             .collect();
         return Err(Denial::InsufficientScope { required });
     }

@@ -199,29 +199,13 @@ impl RoutePattern {
         self.segs.iter().any(|s| matches!(s, PSeg::Param(p) if p == name))
     }
 
-    /// Match decoded path segments; on success, the path parameters.
-    pub fn matches(&self, path: &[String]) -> Option<HashMap<String, String>> {
-        if !self.is_match(path) {
-            return None;
-        }
-        let params = self
-            .segs
-            .iter()
-            .zip(path)
-            .filter_map(|(p, s)| match p {
-                PSeg::Param(name) => Some((name.clone(), s.clone())),
-                PSeg::Lit(_) => None,
-            })
-            .collect();
-        Some(params)
-    }
-
-    /// Whether the decoded path segments match, without collecting the parameters.
+    /// Could a path of `len` segments match?
     fn has_len_for(&self, len: usize) -> bool {
         len == self.segs.len() || (self.rest && len > self.segs.len())
     }
 
-    fn is_match<S: AsRef<str>>(&self, path: &[S]) -> bool {
+    /// Do these decoded path segments match? Parameters are read with [`RoutePattern::param`].
+    pub fn is_match<S: AsRef<str>>(&self, path: &[S]) -> bool {
         self.has_len_for(path.len())
             && self.segs.iter().zip(path).all(|(p, s)| match p {
                 PSeg::Lit(l) => l == s.as_ref(),
@@ -229,9 +213,9 @@ impl RoutePattern {
             })
     }
 
-    /// The value of path parameter `name` in a path this pattern matched. Parameter names are
-    /// unique within a pattern, so this is what [`RoutePattern::matches`] maps `name` to.
-    pub(crate) fn param<'p, S: AsRef<str>>(&self, name: &str, path: &'p [S]) -> Option<&'p str> {
+    /// The value of path parameter `name` in a path this pattern matched (names are unique
+    /// within a pattern).
+    pub fn param<'p, S: AsRef<str>>(&self, name: &str, path: &'p [S]) -> Option<&'p str> {
         self.segs
             .iter()
             .zip(path)
@@ -264,14 +248,10 @@ impl Route {
     }
 }
 
-/// Splits a raw URL path into percent-decoded segments, skipping empty ones. `None` when the
-/// encoding is invalid (bad escape or not UTF-8).
-pub fn path_segments(raw: &str) -> Option<Vec<String>> {
-    segments(raw).map(|segs| segs.into_iter().map(Cow::into_owned).collect())
-}
-
-/// [`path_segments`], borrowing the segments that need no decoding (the usual case).
-pub(crate) fn segments(raw: &str) -> Option<Vec<Cow<'_, str>>> {
+/// Splits a raw URL path into percent-decoded segments, skipping empty ones, and borrowing
+/// those that need no decoding (the usual case). `None` when the encoding is invalid (bad escape
+/// or not UTF-8).
+pub fn segments(raw: &str) -> Option<Vec<Cow<'_, str>>> {
     let mut out = Vec::with_capacity(raw.bytes().filter(|&b| b == b'/').count() + 1);
     for s in raw.split('/').filter(|s| !s.is_empty()) {
         out.push(percent_decode(s)?);
@@ -375,15 +355,9 @@ impl Policy {
         })
     }
 
-    /// The first route, in file order, whose method and path match.
-    pub fn route(&self, method: &str, path: &[String]) -> Option<(&Route, HashMap<String, String>)> {
-        let route = self.first_match(method, path)?;
-        route.pattern.matches(path).map(|p| (route, p))
-    }
-
-    /// The route [`Policy::route`] picks, without collecting its parameters: these are read
-    /// from the path with [`RoutePattern::param`] when needed.
-    pub(crate) fn first_match<S: AsRef<str>>(&self, method: &str, path: &[S]) -> Option<&Route> {
+    /// The first route, in file order, whose method and path match. Its path parameters are
+    /// read from the same segments with [`RoutePattern::param`].
+    pub fn route<S: AsRef<str>>(&self, method: &str, path: &[S]) -> Option<&Route> {
         // The segment count rules out most routes, so it goes first; all three must hold.
         let candidates = self
             .index
@@ -474,24 +448,23 @@ mod tests {
     use super::*;
     use serde_json::json;
 
-    fn seg(p: &str) -> Vec<String> {
-        path_segments(p).unwrap()
+    fn seg(p: &str) -> Vec<Cow<'_, str>> {
+        segments(p).unwrap()
     }
 
     #[test]
     fn patterns() {
         let p = RoutePattern::parse("/keyrings/{ring}/encrypt").unwrap();
-        assert_eq!(
-            p.matches(&seg("/keyrings/comms/encrypt")).unwrap()["ring"],
-            "comms"
-        );
-        assert!(p.matches(&seg("/keyrings/comms")).is_none());
-        assert!(p.matches(&seg("/keyrings/comms/encrypt/x")).is_none());
+        let path = seg("/keyrings/comms/encrypt");
+        assert!(p.is_match(&path));
+        assert_eq!(p.param("ring", &path), Some("comms"));
+        assert!(!p.is_match(&seg("/keyrings/comms")));
+        assert!(!p.is_match(&seg("/keyrings/comms/encrypt/x")));
         let rest = RoutePattern::parse("/public/*").unwrap();
-        assert!(rest.matches(&seg("/public/a/b")).is_some());
-        assert!(rest.matches(&seg("/public")).is_some());
-        assert!(rest.matches(&seg("/publicity")).is_none());
-        assert!(RoutePattern::parse("/*").unwrap().matches(&seg("/")).is_some());
+        assert!(rest.is_match(&seg("/public/a/b")));
+        assert!(rest.is_match(&seg("/public")));
+        assert!(!rest.is_match(&seg("/publicity")));
+        assert!(RoutePattern::parse("/*").unwrap().is_match(&seg("/")));
         for bad in ["nope", "/a*", "/{x}/{x}", "/{a b}", "/a/*/b", "/%41"] {
             assert!(RoutePattern::parse(bad).is_err(), "{bad:?}");
         }
@@ -500,10 +473,10 @@ mod tests {
     #[test]
     fn decoding_and_doubled_slashes_cannot_dodge_a_route() {
         let p = RoutePattern::parse("/internal/*").unwrap();
-        assert!(p.matches(&seg("/%69nternal/x")).is_some());
-        assert!(p.matches(&seg("//internal//x")).is_some());
-        assert!(path_segments("/a/%zz").is_none());
-        assert!(path_segments("/a/%ff").is_none());
+        assert!(p.is_match(&seg("/%69nternal/x")));
+        assert!(p.is_match(&seg("//internal//x")));
+        assert!(segments("/a/%zz").is_none());
+        assert!(segments("/a/%ff").is_none());
         assert_eq!(seg("/a/b%2Fc"), vec!["a", "b/c"]);
     }
 
@@ -549,9 +522,9 @@ mod tests {
                 let linear = p
                     .routes
                     .iter()
-                    .find(|r| r.allows_method(method) && r.pattern.matches(&segs).is_some());
+                    .find(|r| r.allows_method(method) && r.pattern.is_match(&segs));
                 assert_eq!(
-                    p.first_match(method, &segs).map(|r| r.index),
+                    p.route(method, &segs).map(|r| r.index),
                     linear.map(|r| r.index),
                     "{method} {path}"
                 );
@@ -567,14 +540,14 @@ mod tests {
             {"path": "/a/*", "public": true}
         ]}))
         .unwrap();
-        assert_eq!(p.route("post", &seg("/a/b")).unwrap().0.index, 0);
-        assert_eq!(p.route("GET", &seg("/a/b")).unwrap().0.index, 1);
-        assert_eq!(p.route("GET", &seg("/a/b/c")).unwrap().0.index, 2);
+        assert_eq!(p.route("post", &seg("/a/b")).unwrap().index, 0);
+        assert_eq!(p.route("GET", &seg("/a/b")).unwrap().index, 1);
+        assert_eq!(p.route("GET", &seg("/a/b/c")).unwrap().index, 2);
         assert!(p.route("GET", &seg("/b")).is_none());
     }
 
     #[test]
-    fn first_match_and_param_agree_with_route() {
+    fn route_then_params() {
         let p = Policy::from_json(&json!({"routes": [
             {"methods": ["POST"], "path": "/o/{org}/k/{ring}/encrypt", "scopes": ["k.{ring}.e"]},
             {"path": "/o/{org}/k/{ring}", "tenant_param": "org", "scopes": ["k.{ring}.r"]},
@@ -582,24 +555,19 @@ mod tests {
             {"path": "/*", "public": true}
         ]}))
         .unwrap();
-        for (method, path) in [
-            ("POST", "/o/acme/k/comms/encrypt"),
-            ("get", "/o/acme/k/comms/encrypt"),
-            ("GET", "//o/acme/k/c%6Fmms"),
-            ("GET", "/o/acme"),
-            ("GET", "/"),
+        for (method, path, index, org, ring) in [
+            ("POST", "/o/acme/k/comms/encrypt", 0, Some("acme"), Some("comms")),
+            ("get", "/o/acme/k/comms/encrypt", 2, Some("acme"), None),
+            ("GET", "//o/acme/k/c%6Fmms", 1, Some("acme"), Some("comms")),
+            ("GET", "/o/acme", 2, Some("acme"), None),
+            ("GET", "/", 3, None, None),
         ] {
-            let owned = seg(path);
-            let borrowed = segments(path).unwrap();
-            let (route, params) = p.route(method, &owned).unwrap();
-            assert_eq!(p.first_match(method, &borrowed).unwrap().index, route.index);
-            for name in ["org", "ring", "nope"] {
-                assert_eq!(
-                    route.pattern.param(name, &borrowed),
-                    params.get(name).map(String::as_str),
-                    "{path} {name}"
-                );
-            }
+            let segs = seg(path);
+            let route = p.route(method, &segs).unwrap();
+            assert_eq!(route.index, index, "{method} {path}");
+            assert_eq!(route.pattern.param("org", &segs), org, "{path}");
+            assert_eq!(route.pattern.param("ring", &segs), ring, "{path}");
+            assert_eq!(route.pattern.param("nope", &segs), None, "{path}");
         }
         assert!(segments("/o/a/%zz").is_none());
     }

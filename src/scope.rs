@@ -17,7 +17,6 @@
 //!   requirement cannot be met (it is never read as a wildcard or as extra segments).
 //! - At most 256 bytes and 32 segments, so matching stays cheap and bounded.
 
-use std::collections::HashMap;
 use std::fmt;
 
 use serde::{Deserialize, Serialize};
@@ -293,14 +292,9 @@ impl ScopeTemplate {
         })
     }
 
-    /// The concrete scope for these path values, or `None` when a value is not one valid
-    /// segment (then no grant can satisfy the requirement).
-    pub fn render(&self, params: &HashMap<String, String>) -> Option<Scope> {
-        self.render_with(|p| params.get(p).map(String::as_str))
-    }
-
-    /// [`ScopeTemplate::render`], reading parameter values through `value`.
-    pub(crate) fn render_with<'v>(&self, value: impl Fn(&str) -> Option<&'v str>) -> Option<Scope> {
+    /// The concrete scope for the path values `value` gives, or `None` when a value is not one
+    /// valid segment (then no grant can satisfy the requirement).
+    pub fn render<'v>(&self, value: impl Fn(&str) -> Option<&'v str>) -> Option<Scope> {
         let mut segs = Vec::with_capacity(self.segs.len());
         for seg in &self.segs {
             segs.push(Self::resolve(seg, &value)?.to_owned());
@@ -320,7 +314,7 @@ impl ScopeTemplate {
         }
     }
 
-    /// Exactly `render_with(value).is_some_and(|s| granted(grants, &s))`, without building
+    /// Exactly `render(value).is_some_and(|s| granted(grants, &s))`, without building
     /// the scope (no allocation).
     pub(crate) fn granted_by<'v>(&self, grants: &[Grant], value: impl Fn(&str) -> Option<&'v str>) -> bool {
         // `split` caps a template at MAX_SEGMENTS segments.
@@ -334,7 +328,7 @@ impl ScopeTemplate {
             n += 1;
         }
         if n != self.segs.len() {
-            return self.render_with(value).is_some_and(|s| granted(grants, &s));
+            return self.render(value).is_some_and(|s| granted(grants, &s));
         }
         let segs = segs.get(..n).unwrap_or_default();
         grants.iter().any(|g| g.matches_parts(segs, &self.seps))
@@ -342,13 +336,8 @@ impl ScopeTemplate {
 
     /// The requirement as written, with parameters filled in where they are valid. For the
     /// `required_scopes` of a denial.
-    pub fn describe(&self, params: &HashMap<String, String>) -> String {
-        self.describe_with(|p| params.get(p).map(String::as_str))
-    }
-
-    /// [`ScopeTemplate::describe`], reading parameter values through `value`.
-    pub(crate) fn describe_with<'v>(&self, value: impl Fn(&str) -> Option<&'v str>) -> String {
-        match self.render_with(value) {
+    pub fn describe<'v>(&self, value: impl Fn(&str) -> Option<&'v str>) -> String {
+        match self.render(value) {
             Some(s) => s.to_string(),
             None => self.source.clone(),
         }
@@ -428,13 +417,13 @@ mod tests {
     #[test]
     fn templates_interpolate_values_as_data() {
         let t = ScopeTemplate::parse("keyring.{ring}.encrypt").unwrap();
-        let mut p = HashMap::new();
-        p.insert("ring".to_owned(), "comms".to_owned());
-        assert_eq!(t.render(&p), Some(s("keyring.comms.encrypt")));
+        let ring = |v: &'static str| move |p: &str| (p == "ring").then_some(v);
+        assert_eq!(t.render(ring("comms")), Some(s("keyring.comms.encrypt")));
         for evil in ["*", "**", "a.b", "a:b", "", "a/b", "é"] {
-            p.insert("ring".to_owned(), evil.to_owned());
-            assert_eq!(t.render(&p), None, "{evil:?} must not be interpolated");
+            assert_eq!(t.render(ring(evil)), None, "{evil:?} must not be interpolated");
         }
+        assert_eq!(t.describe(ring("comms")), "keyring.comms.encrypt");
+        assert_eq!(t.describe(ring("*")), "keyring.{ring}.encrypt");
         assert!(ScopeTemplate::parse("keyring.x{ring}.encrypt").is_err());
         assert!(ScopeTemplate::parse("keyring.*.encrypt").is_err());
         assert_eq!(t.params().collect::<Vec<_>>(), vec!["ring"]);
@@ -512,15 +501,16 @@ mod tests {
             }
             let t = ScopeTemplate::parse(&text).unwrap();
             let grants: Vec<Grant> = grants.iter().map(|x| g(x)).collect();
-            let mut params = HashMap::new();
+            let mut params = std::collections::HashMap::new();
             params.insert("a".to_owned(), a);
             if with_b {
                 params.insert("b".to_owned(), b);
             }
             let value = |p: &str| params.get(p).map(String::as_str);
-            let expected = t.render(&params).is_some_and(|sc| granted(&grants, &sc));
+            let rendered = t.render(value);
+            let expected = rendered.as_ref().is_some_and(|sc| granted(&grants, sc));
             prop_assert_eq!(t.granted_by(&grants, value), expected);
-            prop_assert_eq!(t.describe_with(value), t.describe(&params));
+            prop_assert_eq!(t.describe(value), rendered.map_or(text, |sc| sc.to_string()));
         }
 
         #[test]
@@ -552,9 +542,7 @@ mod tests {
         #[test]
         fn interpolated_values_never_widen(ring in "\\PC{0,8}") {
             let t = ScopeTemplate::parse("keyring.{ring}.encrypt").unwrap();
-            let mut p = HashMap::new();
-            p.insert("ring".to_owned(), ring.clone());
-            match t.render(&p) {
+            match t.render(|p| (p == "ring").then_some(ring.as_str())) {
                 Some(sc) => {
                     prop_assert!(is_segment(&ring));
                     prop_assert_eq!(sc.segs.len(), 3);
