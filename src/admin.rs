@@ -123,13 +123,9 @@ impl Actor {
 
     /// An admin key may only create or change keys inside its own reach: scopes it covers,
     /// its own environment, tenants among its own.
-    fn may_manage(
-        &self,
-        environment: Environment,
-        scopes: &[Grant],
-        tenants: &[String],
-    ) -> Result<(), Problem> {
+    fn may_manage(&self, target: &KeyRecord) -> Result<(), Problem> {
         let Actor::Key(me) = self else { return Ok(()) };
+        let (environment, scopes, tenants) = (target.environment, &target.scopes, &target.tenants);
         let escalation = |detail: String| Problem::new(403, "scope_escalation", "Scope escalation", detail);
         if environment != me.environment {
             return Err(escalation(format!(
@@ -309,24 +305,18 @@ impl<S: KvStore> AdminContext<'_, S> {
         req: &AdminRequest<'_, H>,
     ) -> AdminResult {
         let body: CreateBody = parse_body(req, false)?;
-        let environment = match body.environment.as_deref() {
-            None => Environment::Live,
-            Some(e) => {
-                Environment::parse(e).ok_or_else(|| invalid_field("environment", "Use `live` or `test`."))?
-            }
-        };
+        let environment = body
+            .environment
+            .as_deref()
+            .map_or(Ok(Environment::Live), valid_environment)?;
         let name = valid_name(&body.name)?;
         let scopes = valid_scopes(&body.scopes)?;
         let ip_allowlist = valid_allowlist(body.ip_allowlist.as_deref().unwrap_or_default())?;
         let tenants = valid_tenants(body.tenants.unwrap_or_default())?;
         let metadata = valid_metadata(body.metadata)?;
         let expires_at = expiry(body.expires_in.as_ref(), body.expires_at.as_deref(), self.now)?;
-        let description = body
-            .description
-            .map(|d| valid_text("description", d, 1024))
-            .transpose()?;
-        let group = body.group.map(|g| valid_text("group", g, 128)).transpose()?;
-        actor.may_manage(environment, &scopes, &tenants)?;
+        let description = valid_description(body.description)?;
+        let group = valid_group(body.group)?;
 
         let (key, record) = self.new_key(environment, |id, hash_version, hash| KeyRecord {
             id,
@@ -350,6 +340,7 @@ impl<S: KvStore> AdminContext<'_, S> {
             hash_version,
             hash,
         })?;
+        actor.may_manage(&record)?;
         let record = self.records.put(record, self.now).await.map_err(store_error)?;
         self.audit(actor, "key.create", &record.id, req.client_ip, vec![])
             .await;
@@ -385,17 +376,17 @@ impl<S: KvStore> AdminContext<'_, S> {
                 "A revoked key cannot be changed.",
             ));
         }
-        actor.may_manage(current.environment, &current.scopes, &current.tenants)?;
+        actor.may_manage(&current)?;
         let mut next = (*current).clone();
         if let Some(n) = &body.name {
             next.name = valid_name(n)?;
             next.tag = slug(&next.name);
         }
         if let Some(d) = body.description {
-            next.description = d.map(|d| valid_text("description", d, 1024)).transpose()?;
+            next.description = valid_description(d)?;
         }
         if let Some(g) = body.group {
-            next.group = g.map(|g| valid_text("group", g, 128)).transpose()?;
+            next.group = valid_group(g)?;
         }
         if let Some(s) = &body.scopes {
             next.scopes = valid_scopes(s)?;
@@ -425,7 +416,7 @@ impl<S: KvStore> AdminContext<'_, S> {
         if let Some(e) = body.enabled {
             next.enabled = e;
         }
-        actor.may_manage(next.environment, &next.scopes, &next.tenants)?;
+        actor.may_manage(&next)?;
 
         let changed = changed_fields(&current, &next);
         if changed.is_empty() {
@@ -458,7 +449,7 @@ impl<S: KvStore> AdminContext<'_, S> {
         let current = self.existing(raw_id).await?;
         let body: RevokeBody = parse_body(req, true)?;
         let reason = body.reason.map(|r| valid_text("reason", r, 512)).transpose()?;
-        actor.may_manage(current.environment, &current.scopes, &current.tenants)?;
+        actor.may_manage(&current)?;
         if current.revoked_at.is_some() {
             // Irreversible and idempotent: the first revocation stands.
             return ok(200, current.view(self.now));
@@ -496,7 +487,7 @@ impl<S: KvStore> AdminContext<'_, S> {
                 )
             })?,
         };
-        actor.may_manage(old.environment, &old.scopes, &old.tenants)?;
+        actor.may_manage(&old)?;
         match old.status(self.now) {
             Status::Revoked => {
                 return Err(Problem::new(
@@ -579,7 +570,7 @@ impl<S: KvStore> AdminContext<'_, S> {
     ) -> AdminResult {
         let id = KeyId::parse(raw_id).ok_or_else(key_not_found)?;
         match self.records.load(&id, self.now).await {
-            Ok(Some(current)) => actor.may_manage(current.environment, &current.scopes, &current.tenants)?,
+            Ok(Some(current)) => actor.may_manage(&current)?,
             Ok(None) => return Err(key_not_found()),
             // The operator's token may purge a corrupt record; an admin key cannot prove its reach.
             Err(LookupError::Corrupt(_)) if matches!(actor, Actor::Token) => {}
@@ -597,12 +588,7 @@ impl<S: KvStore> AdminContext<'_, S> {
         let q = Query::parse(query);
         let limit = q.limit()?;
         let cursor = q.cursor(token)?;
-        let environment = q
-            .get("environment")
-            .map(|e| {
-                Environment::parse(e).ok_or_else(|| invalid_field("environment", "Use `live` or `test`."))
-            })
-            .transpose()?;
+        let environment = q.get("environment").map(valid_environment).transpose()?;
         let status = q
             .get("status")
             .map(|s| {
@@ -970,6 +956,18 @@ fn valid_text(field: &str, s: String, max: usize) -> Result<String, Problem> {
         ));
     }
     Ok(s)
+}
+
+fn valid_environment(e: &str) -> Result<Environment, Problem> {
+    Environment::parse(e).ok_or_else(|| invalid_field("environment", "Use `live` or `test`."))
+}
+
+fn valid_description(d: Option<String>) -> Result<Option<String>, Problem> {
+    d.map(|d| valid_text("description", d, 1024)).transpose()
+}
+
+fn valid_group(g: Option<String>) -> Result<Option<String>, Problem> {
+    g.map(|g| valid_text("group", g, 128)).transpose()
 }
 
 fn valid_name(s: &str) -> Result<String, Problem> {
