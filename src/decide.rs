@@ -7,7 +7,8 @@ use std::rc::Rc;
 use crate::credential::{self, CredentialError, Found, HeaderSource};
 use crate::ip::ClientIp;
 use crate::key::{ApiKey, Environment, HashError, KeyHasher, KeyId};
-use crate::policy::{DefaultAction, Policy, Route, segments};
+use crate::path::{self, CanonicalPath};
+use crate::policy::{Cors, DefaultAction, Policy, Route};
 use crate::record::{KeyRecord, Status};
 use crate::scope::ScopeTemplate;
 use crate::store::{KvStore, LookupError, Records};
@@ -22,10 +23,28 @@ pub struct RequestFacts<'a, H: ?Sized> {
     pub headers: &'a H,
     /// From `CF-Connecting-IP` only; `None` when absent or invalid.
     pub client_ip: Option<ClientIp>,
+    /// The request's host (from its URL), lowercase, without the port.
+    pub host: &'a str,
+    /// The request has a body (`Content-Length` above 0, or any `Transfer-Encoding`).
+    pub has_body: bool,
 }
+
+/// The hop header the gateway adds to every forwarded request, holding its realm. A request
+/// that already carries the gateway's own realm in it has looped back: `508 loop_detected`.
+pub const HOP_HEADER: &str = "keygate-hop";
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Denial {
+    /// The request came back from this gateway's own forward.
+    LoopDetected,
+    /// Route mode, and a hostname the worker does not serve.
+    MisdirectedRequest,
+    /// The path fails canonicalisation (`crate::path`).
+    InvalidPath,
+    /// A `GET` or `HEAD` with a body.
+    BodyNotAllowed,
+    /// A CORS preflight from an origin the route does not allow.
+    CorsOriginNotAllowed,
     NoRoute,
     IpNotAllowed,
     MissingKey,
@@ -81,6 +100,8 @@ impl Principal {
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Forward {
+    /// The canonical path, encoded: exactly what the route was matched on.
+    pub path: String,
     /// `None` on public routes and, with `default = "allow"`, unmatched paths.
     pub principal: Option<Principal>,
     /// Where the credential was, so it can be removed before forwarding.
@@ -93,6 +114,8 @@ pub struct Forward {
 pub enum Decision {
     Forward(Forward),
     Deny(Denial),
+    /// A CORS preflight answered at the edge (204) with these headers; never forwarded.
+    Preflight(Vec<(&'static str, String)>),
 }
 
 pub struct Gateway {
@@ -108,9 +131,103 @@ impl Gateway {
         now: Timestamp,
     ) -> Decision {
         match self.check(req, records, now).await {
-            Ok(f) => Decision::Forward(f),
+            Ok(Checked::Forward(f)) => Decision::Forward(f),
+            Ok(Checked::Preflight(h)) => Decision::Preflight(h),
             Err(d) => Decision::Deny(d),
         }
+    }
+
+    /// The checks that need neither a route nor a credential: loop, host, path, body.
+    fn canonical<'r, H: HeaderSource + ?Sized>(
+        &self,
+        req: &RequestFacts<'r, H>,
+    ) -> Result<CanonicalPath<'r>, Denial> {
+        let policy = &self.policy;
+        if req
+            .headers
+            .header(HOP_HEADER)
+            .is_some_and(|v| v.split(',').any(|hop| hop.trim() == policy.realm))
+        {
+            return Err(Denial::LoopDetected);
+        }
+        if let Some(hosts) = &policy.route_mode
+            && !hosts.iter().any(|h| h.eq_ignore_ascii_case(req.host))
+        {
+            return Err(Denial::MisdirectedRequest);
+        }
+        let canonical = path::canonicalize(req.path, policy.path_rules).map_err(|_| Denial::InvalidPath)?;
+        if req.has_body && (req.method == "GET" || req.method == "HEAD") {
+            return Err(Denial::BodyNotAllowed);
+        }
+        Ok(canonical)
+    }
+
+    /// The CORS headers for an actual (non-preflight) response to a browser: only when the
+    /// request has an `Origin` the matched route's `cors` policy allows. Empty otherwise.
+    pub fn cors_headers<H: HeaderSource + ?Sized>(
+        &self,
+        req: &RequestFacts<'_, H>,
+    ) -> Vec<(&'static str, String)> {
+        let Some(origin) = req.headers.header("origin") else {
+            return Vec::new();
+        };
+        let Ok(canonical) = path::canonicalize(req.path, self.policy.path_rules) else {
+            return Vec::new();
+        };
+        match self
+            .policy
+            .route(req.method, &canonical.segments)
+            .and_then(|r| r.cors.as_ref())
+        {
+            Some(cors) if cors.allows_origin(&origin) => {
+                let mut h = allow_origin(cors, &origin);
+                if !cors.expose_headers.is_empty() {
+                    h.push(("Access-Control-Expose-Headers", cors.expose_headers.join(", ")));
+                }
+                h
+            }
+            _ => Vec::new(),
+        }
+    }
+
+    /// A CORS preflight (`OPTIONS` with `Origin` and `Access-Control-Request-Method`) to a route
+    /// with a `cors` policy. `None`: not a preflight for such a route; it is then matched like
+    /// any other `OPTIONS` request.
+    fn preflight<H: HeaderSource + ?Sized>(
+        &self,
+        req: &RequestFacts<'_, H>,
+        canonical: &CanonicalPath<'_>,
+    ) -> Option<Result<Checked, Denial>> {
+        if req.method != "OPTIONS" {
+            return None;
+        }
+        let origin = req.headers.header("origin")?;
+        let wanted = req
+            .headers
+            .header("access-control-request-method")?
+            .trim()
+            .to_ascii_uppercase();
+        let route = self.policy.route(&wanted, &canonical.segments)?;
+        let cors = route.cors.as_ref()?;
+        if !route.ip_allowlist.is_empty() && !route.ip_allowlist.admits(req.client_ip) {
+            return Some(Err(Denial::IpNotAllowed));
+        }
+        if !cors.allows_origin(&origin) {
+            return Some(Err(Denial::CorsOriginNotAllowed));
+        }
+        let mut h = allow_origin(cors, &origin);
+        h.push(("Access-Control-Allow-Methods", wanted));
+        let mut allowed_headers: Vec<&str> = cors.allow_headers.iter().map(String::as_str).collect();
+        // The credential headers are always allowed, or a browser could not send a key.
+        let creds = &self.policy.credentials;
+        if !route.public {
+            allowed_headers.extend([creds.bearer_header.as_str(), creds.api_key_header.as_str()]);
+        }
+        if !allowed_headers.is_empty() {
+            h.push(("Access-Control-Allow-Headers", allowed_headers.join(", ")));
+        }
+        h.push(("Access-Control-Max-Age", cors.max_age_seconds.to_string()));
+        Some(Ok(Checked::Preflight(h)))
     }
 
     async fn check<S: KvStore, H: HeaderSource + ?Sized>(
@@ -118,16 +235,24 @@ impl Gateway {
         req: &RequestFacts<'_, H>,
         records: &Records<'_, S>,
         now: Timestamp,
-    ) -> Result<Forward, Denial> {
-        let segments = segments(req.path).ok_or(Denial::NoRoute)?;
-        let Some(route) = self.policy.route(req.method, &segments) else {
+    ) -> Result<Checked, Denial> {
+        let canonical = self.canonical(req)?;
+        if let Some(answer) = self.preflight(req, &canonical) {
+            return answer;
+        }
+        let segments = &canonical.segments;
+        let unauthenticated = || {
+            Ok(Checked::Forward(Forward {
+                path: canonical.encoded(self.policy.path_rules),
+                principal: None,
+                credential: Found::default(),
+                sunset: None,
+            }))
+        };
+        let Some(route) = self.policy.route(req.method, segments) else {
             return match self.policy.default {
                 DefaultAction::Deny => Err(Denial::NoRoute),
-                DefaultAction::Allow => Ok(Forward {
-                    principal: None,
-                    credential: Found::default(),
-                    sunset: None,
-                }),
+                DefaultAction::Allow => unauthenticated(),
             };
         };
         // Before any credential or storage work: blocked addresses cost nothing.
@@ -135,21 +260,18 @@ impl Gateway {
             return Err(Denial::IpNotAllowed);
         }
         if route.public {
-            return Ok(Forward {
-                principal: None,
-                credential: Found::default(),
-                sunset: None,
-            });
+            return unauthenticated();
         }
         let (credential, found) = credential::extract(&self.policy.credentials, req.headers, req.query);
         let record = self.authenticate(credential, records, now).await?;
-        let param = |name: &str| route.pattern.param(name, &segments);
+        let param = |name: &str| route.pattern.param(name, segments);
         let tenant = authorize(route, param, &record, req.client_ip)?;
-        Ok(Forward {
+        Ok(Checked::Forward(Forward {
+            path: canonical.encoded(self.policy.path_rules),
             sunset: self.sunset(&record, now),
             principal: Some(Principal { record, tenant }),
             credential: found,
-        })
+        }))
     }
 
     /// From a credential string to a live record: shape and checksum, lookup, constant-time hash
@@ -194,6 +316,30 @@ impl Gateway {
         let window = now.plus_seconds(i64::from(self.policy.expiry_warning_seconds));
         (record.rotated_to.is_some() || expires <= window).then_some(expires)
     }
+}
+
+enum Checked {
+    Forward(Forward),
+    Preflight(Vec<(&'static str, String)>),
+}
+
+fn allow_origin(cors: &Cors, origin: &str) -> Vec<(&'static str, String)> {
+    let wildcard = cors.allow_origins.iter().any(|o| o == "*") && !cors.allow_credentials;
+    let mut h = vec![(
+        "Access-Control-Allow-Origin",
+        if wildcard {
+            "*".to_owned()
+        } else {
+            origin.to_owned()
+        },
+    )];
+    if !wildcard {
+        h.push(("Vary", "Origin".to_owned()));
+    }
+    if cors.allow_credentials {
+        h.push(("Access-Control-Allow-Credentials", "true".to_owned()));
+    }
+    h
 }
 
 /// The key's IP allowlist admits the caller (a list that applies and no address: no).

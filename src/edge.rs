@@ -5,12 +5,16 @@
 use std::cell::RefCell;
 use std::rc::Rc;
 
+use futures_util::StreamExt;
+
 use crate::admin::{AdminContext, AdminRequest, MAX_BODY};
 use crate::cache::RecordCache;
-use crate::credential::{HeaderSource, strip_query_param};
+use crate::credential::HeaderSource;
 use crate::decide::{Decision, Denial, Forward, Gateway, RequestFacts};
+use crate::forward::{Target, outbound_headers, outbound_query};
 use crate::ip::ClientIp;
 use crate::key::KeyHasher;
+use crate::path::canonicalize;
 use crate::policy::Policy;
 use crate::problem::{self, Problem};
 use crate::store::{self, ListPage, Records, StoreError};
@@ -19,6 +23,12 @@ use worker::{
     Context, Env, Fetch, Headers, Method, Request, RequestInit, RequestRedirect, Response, console_error,
     console_log, event,
 };
+
+/// The gateway and where it forwards, built once per isolate from the env.
+struct Deployment {
+    gateway: Gateway,
+    target: Target,
+}
 
 const KV_BINDING: &str = "KEYS";
 /// Methods the runtime can forward unchanged.
@@ -30,11 +40,11 @@ const NEGATIVE_CACHE_CAPACITY: usize = 10_000;
 
 thread_local! {
     /// Parsed once per isolate: the env does not change under a running isolate.
-    static GATEWAY: RefCell<Option<Result<Rc<Gateway>, String>>> = const { RefCell::new(None) };
+    static GATEWAY: RefCell<Option<Result<Rc<Deployment>, String>>> = const { RefCell::new(None) };
     static CACHE: RefCell<Option<Rc<RefCell<RecordCache>>>> = const { RefCell::new(None) };
 }
 
-fn gateway(env: &Env) -> Result<Rc<Gateway>, String> {
+fn deployment(env: &Env) -> Result<Rc<Deployment>, String> {
     GATEWAY.with(|g| {
         g.borrow_mut()
             .get_or_insert_with(|| {
@@ -47,10 +57,23 @@ fn gateway(env: &Env) -> Result<Rc<Gateway>, String> {
                     })
                     .map_err(|e| format!("POLICY var missing or unreadable: {e}"))?;
                 let policy = Policy::from_json(&raw).map_err(|e| e.0)?;
-                let pepper = env.secret("KEY_PEPPER").ok().map(|s| s.to_string());
-                Ok(Rc::new(Gateway {
-                    policy,
-                    hasher: KeyHasher::new(pepper.as_deref()),
+                let origin = env.var("ORIGIN").ok().map(|v| v.to_string());
+                let target = Target::from_config(origin.as_deref(), &policy)?;
+                // Unset means no pepper; set but empty is a mistake, never "no pepper".
+                let pepper = match env.secret("KEY_PEPPER").ok().map(|s| s.to_string()) {
+                    Some(p) if p.is_empty() => {
+                        return Err(
+                            "KEY_PEPPER is set but empty: set a real pepper or delete the secret".into(),
+                        );
+                    }
+                    p => p,
+                };
+                Ok(Rc::new(Deployment {
+                    gateway: Gateway {
+                        policy,
+                        hasher: KeyHasher::new(pepper.as_deref()),
+                    },
+                    target,
                 }))
             })
             .clone()
@@ -161,19 +184,44 @@ async fn fetch(req: Request, env: Env, _ctx: Context) -> worker::Result<Response
     }
 }
 
+/// `Content-Length` above 0, or any `Transfer-Encoding`: the request has a body.
+fn has_body(headers: &Headers) -> bool {
+    let get = |n: &str| headers.get(n).ok().flatten();
+    get("transfer-encoding").is_some()
+        || get("content-length").is_some_and(|l| l.trim().parse::<u64>().map_or(true, |n| n > 0))
+}
+
+fn with_extra_headers(response: Response, extra: &[(&'static str, String)]) -> worker::Result<Response> {
+    if extra.is_empty() {
+        return Ok(response);
+    }
+    // Fetched headers are immutable: copy them to add ours.
+    let copy = Headers::new();
+    for (k, v) in response.headers().entries() {
+        copy.append(&k, &v)?;
+    }
+    for (k, v) in extra {
+        copy.set(k, v)?;
+    }
+    Ok(response.with_headers(copy))
+}
+
 async fn handle(req: Request, env: &Env) -> worker::Result<Response> {
-    let gateway = match gateway(env) {
-        Ok(g) => g,
+    let deployment = match deployment(env) {
+        Ok(d) => d,
         Err(reason) => {
             console_error!("policy_invalid: {reason}");
             return problem_response(&problem::policy_invalid());
         }
     };
+    let gateway = &deployment.gateway;
+    let policy = &gateway.policy;
     let url = req.url()?;
-    let path = url.path().to_owned();
+    let raw_path = url.path().to_owned();
+    let host = url.host_str().unwrap_or_default().to_ascii_lowercase();
     // The runtime's `Method` maps unknown methods to GET; decisions use the method as sent.
     let method = req.inner().method().to_ascii_uppercase();
-    if path == "/healthz" {
+    if raw_path == "/healthz" {
         if method != "GET" && method != "HEAD" {
             return problem_response(&problem::method_not_allowed("GET, HEAD"));
         }
@@ -185,9 +233,17 @@ async fn handle(req: Request, env: &Env) -> worker::Result<Response> {
         .headers()
         .get("cf-connecting-ip")?
         .and_then(|v| ClientIp::parse(&v));
-    let cache = cache(&gateway.policy);
-    if path == "/admin" || path.starts_with("/admin/") {
-        return admin(req, env, &gateway, &cache, &method, client_ip).await;
+    let cache = cache(policy);
+    // The admin API is recognised on the canonical path, so `/%61dmin/keys` is `/admin/keys`.
+    if let Ok(canonical) = canonicalize(&raw_path, policy.path_rules)
+        && canonical.segments.first().is_some_and(|s| s == "admin")
+    {
+        if !policy.admin.admits(&host, client_ip) {
+            // Outside the fence the admin API does not exist: the answer of any unknown path.
+            return problem_response(&Problem::from_denial(&Denial::NoRoute, &policy.realm));
+        }
+        let admin_path = canonical.encoded(policy.path_rules);
+        return admin(req, env, gateway, &cache, &method, &admin_path, client_ip).await;
     }
     if !FORWARDABLE.contains(&method.as_str()) {
         return problem_response(&problem::method_not_implemented());
@@ -204,72 +260,78 @@ async fn handle(req: Request, env: &Env) -> worker::Result<Response> {
     let headers = RequestHeaders(req.headers());
     let facts = RequestFacts {
         method: &method,
-        path: &path,
+        path: &raw_path,
         query: url.query(),
         headers: &headers,
         client_ip,
+        host: &host,
+        has_body: has_body(req.headers()),
     };
-    match gateway.decide(&facts, &records, now()).await {
+    let decision = gateway.decide(&facts, &records, now()).await;
+    let cors = match &decision {
+        Decision::Preflight(_) => Vec::new(),
+        _ => gateway.cors_headers(&facts),
+    };
+    match decision {
         Decision::Deny(d) => {
             match &d {
-                Denial::StoreUnavailable => console_error!("store_unavailable on {method} {path}"),
+                Denial::StoreUnavailable => console_error!("store_unavailable on {method} {raw_path}"),
                 Denial::RecordInvalid(id) => {
                     console_error!("record_invalid: the record of key {id} does not parse")
                 }
                 Denial::PepperMissing(id) => console_error!("pepper_missing: key {id} needs KEY_PEPPER"),
+                Denial::LoopDetected => {
+                    console_error!("loop_detected: {method} came back to this gateway; check ORIGIN")
+                }
                 _ => {}
             }
-            problem_response(&Problem::from_denial(&d, &gateway.policy.realm))
+            with_extra_headers(problem_response(&Problem::from_denial(&d, &policy.realm))?, &cors)
         }
-        Decision::Forward(f) => forward(req, env, &gateway, &url, f).await,
+        Decision::Preflight(h) => {
+            let headers = Headers::new();
+            for (k, v) in &h {
+                headers.set(k, v)?;
+            }
+            Ok(Response::empty()?.with_status(204).with_headers(headers))
+        }
+        Decision::Forward(f) => {
+            let scheme = url.scheme().to_owned();
+            let query = url.query().map(str::to_owned);
+            forward(
+                req,
+                &deployment,
+                &scheme,
+                &host,
+                query.as_deref(),
+                client_ip,
+                f,
+                &cors,
+            )
+            .await
+        }
     }
 }
 
-/// Forward the request unchanged but for the credential, `X-Key-*` and the principal headers.
+/// Forward what the gateway matched and vouches for: the canonical path, the query without
+/// keys, and the headers of `crate::forward::outbound_headers`.
+#[allow(clippy::too_many_arguments)]
 async fn forward(
     req: Request,
-    env: &Env,
-    gateway: &Gateway,
-    url: &worker::Url,
+    deployment: &Deployment,
+    scheme: &str,
+    host: &str,
+    query: Option<&str>,
+    client_ip: Option<ClientIp>,
     f: Forward,
+    cors: &[(&'static str, String)],
 ) -> worker::Result<Response> {
-    let creds = &gateway.policy.credentials;
-    let mut query = url.query().map(str::to_owned);
-    if let (true, Some(param), Some(q)) = (f.credential.in_query, &creds.query_param, &query) {
-        query = Some(strip_query_param(q, param)).filter(|q| !q.is_empty());
-    }
-    let origin = env
-        .var("ORIGIN")
-        .ok()
-        .map(|v| v.to_string())
-        .filter(|o| !o.trim().is_empty());
-    let base = match &origin {
-        Some(o) => o.trim().trim_end_matches('/').to_owned(),
-        None => url.origin().ascii_serialization(),
-    };
-    let target = match &query {
-        Some(q) => format!("{base}{}?{q}", url.path()),
-        None => format!("{base}{}", url.path()),
-    };
-
+    let policy = &deployment.gateway.policy;
+    let query = outbound_query(policy, query);
+    let target = deployment.target.url(scheme, host, &f.path, query.as_deref());
+    let incoming: Vec<(String, String)> = req.headers().entries().collect();
     let headers = Headers::new();
-    for (name, value) in req.headers().entries() {
-        let lower = name.to_ascii_lowercase();
-        let drop = lower.starts_with("x-key-")
-            || (f.credential.in_bearer_header && lower == creds.bearer_header)
-            || (f.credential.in_api_key_header && lower == creds.api_key_header)
-            || (origin.is_some() && lower == "host");
-        if !drop {
-            headers.append(&name, &value)?;
-        }
-    }
-    if let Some(p) = &f.principal {
-        headers.set("X-Key-Id", p.key_id().as_str())?;
-        headers.set("X-Key-Scopes", &p.scopes_header())?;
-        headers.set("X-Key-Environment", p.environment().as_str())?;
-        if let Some(t) = &p.tenant {
-            headers.set("X-Key-Tenant", t)?;
-        }
+    for (name, value) in outbound_headers(policy, &incoming, &f, client_ip) {
+        headers.append(&name, &value)?;
     }
     let method = req.method();
     let body = match method {
@@ -289,39 +351,74 @@ async fn forward(
             return problem_response(&problem::origin_unavailable());
         }
     };
-    match f.sunset {
-        None => Ok(response),
-        Some(at) => {
-            // Fetched headers are immutable: copy them to add `Sunset`.
-            let copy = Headers::new();
-            for (k, v) in response.headers().entries() {
-                copy.append(&k, &v)?;
-            }
-            copy.set("Sunset", &at.to_http_date())?;
-            Ok(response.with_headers(copy))
-        }
+    let mut extra: Vec<(&'static str, String)> = cors.to_vec();
+    if let Some(at) = f.sunset {
+        extra.push(("Sunset", at.to_http_date()));
     }
+    with_extra_headers(response, &extra)
 }
 
+/// Reads at most `MAX_BODY + 1` bytes of a body, however it arrives (chunked included).
+/// `Err` is the problem to answer: 413 over the limit, 400 when the body cannot be read.
+async fn bounded_body(req: &mut Request) -> Result<Vec<u8>, Problem> {
+    let too_big = || {
+        Problem::new(
+            413,
+            "payload_too_large",
+            "Payload too large",
+            "The body is over 64 KiB.",
+        )
+    };
+    let unreadable = || {
+        Problem::new(
+            400,
+            "body_unreadable",
+            "Body unreadable",
+            "The request body could not be read.",
+        )
+    };
+    let declared = req.headers().get("content-length").ok().flatten();
+    if declared
+        .as_deref()
+        .and_then(|l| l.trim().parse::<u64>().ok())
+        .is_some_and(|l| l > MAX_BODY as u64)
+    {
+        return Err(too_big());
+    }
+    if req.inner().body().is_none() {
+        return Ok(Vec::new());
+    }
+    let mut stream = req.stream().map_err(|_| unreadable())?;
+    let mut body = Vec::new();
+    while let Some(chunk) = stream.next().await {
+        let chunk = chunk.map_err(|_| unreadable())?;
+        if body.len() + chunk.len() > MAX_BODY {
+            return Err(too_big());
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok(body)
+}
+
+#[allow(clippy::too_many_arguments)]
 async fn admin(
     mut req: Request,
     env: &Env,
     gateway: &Gateway,
     cache: &RefCell<RecordCache>,
     method: &str,
+    path: &str,
     client_ip: Option<ClientIp>,
 ) -> worker::Result<Response> {
     let url = req.url()?;
-    let (path, query) = (url.path(), url.query());
-    let too_big = req
-        .headers()
-        .get("content-length")?
-        .and_then(|l| l.trim().parse::<usize>().ok())
-        .is_some_and(|l| l > MAX_BODY);
-    let body = if too_big {
-        vec![0; MAX_BODY + 1]
-    } else {
-        req.bytes().await.unwrap_or_default()
+    let query = url.query();
+    let body = match bounded_body(&mut req).await {
+        Ok(b) => b,
+        Err(p) => {
+            let mut r = problem_response(&p)?;
+            r.headers_mut().set("Cache-Control", "no-store")?;
+            return Ok(r);
+        }
     };
     let kv = Kv {
         inner: env.kv(KV_BINDING)?,
@@ -353,7 +450,7 @@ async fn admin(
         }
         Err(p) => {
             if p.status >= 500 {
-                console_log!("admin {method} {path}: {} {}", p.status, p.code);
+                console_log!("admin {method} {path}: {} {}: {}", p.status, p.code, p.detail);
             }
             problem_response(&p)?
         }

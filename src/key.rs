@@ -200,6 +200,34 @@ impl ApiKey {
     }
 }
 
+/// Does `text` hold something shaped like one of this gateway's keys (`<prefix>_live_` or
+/// `<prefix>_test_` followed by a key id), in any letter case? Used to keep keys from ever
+/// reaching the origin, also when the checksum is wrong or the key sits in an unexpected place.
+pub fn contains_key_like(text: &str, prefix: &KeyPrefix) -> bool {
+    let p = prefix.as_str().as_bytes();
+    let t = text.as_bytes();
+    let at = |i: usize| t.get(i).map(u8::to_ascii_lowercase);
+    (0..t.len()).any(|start| {
+        let mut i = start;
+        for &b in p {
+            if at(i) != Some(b) {
+                return false;
+            }
+            i += 1;
+        }
+        if at(i) != Some(b'_') {
+            return false;
+        }
+        let env_ok = [b"live", b"test"]
+            .iter()
+            .any(|env| env.iter().enumerate().all(|(k, &e)| at(i + 1 + k) == Some(e)));
+        if !env_ok || at(i + 5) != Some(b'_') {
+            return false;
+        }
+        (i + 6..i + 6 + ID_HEX).all(|k| at(k).is_some_and(|c| c.is_ascii_hexdigit()))
+    })
+}
+
 /// How a stored hash was made. Kept in each record so a pepper can arrive later.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]

@@ -3,12 +3,9 @@
 //! `policy_invalid` (fail closed).
 //!
 //! Path patterns: `/a/{name}/b` where `{name}` matches exactly one non-empty segment, and a
-//! final `/*` matches the rest (zero or more segments). Paths are matched segment by segment
-//! after percent-decoding each segment, with empty segments (`//`) ignored, so that encoded or
-//! doubled slashes cannot slip past a rule the origin would apply. A path whose encoding is
-//! invalid matches no route.
+//! final `/*` matches the rest (zero or more segments). Routes are matched on the segments of
+//! the canonical path (`crate::path`), which is also exactly what the origin receives.
 
-use std::borrow::Cow;
 use std::collections::{HashMap, HashSet};
 use std::fmt;
 
@@ -16,6 +13,8 @@ use serde::Deserialize;
 
 use crate::ip::IpAllowlist;
 use crate::key::{Environment, KeyPrefix};
+use crate::path::PathRules;
+pub(crate) use crate::path::percent_decode;
 use crate::scope::{ScopeTemplate, is_segment};
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -47,8 +46,53 @@ struct PolicyDoc {
     negative_cache_ttl_seconds: Option<u32>,
     expiry_warning_seconds: Option<u32>,
     realm: Option<String>,
+    /// Allow `;` in path segments (matrix parameters). Off by default.
+    #[serde(default)]
+    allow_semicolon_in_path: bool,
+    #[serde(default)]
+    forwarding: ForwardingDoc,
+    route_mode: Option<RouteModeDoc>,
+    #[serde(default)]
+    admin: AdminDoc,
     #[serde(default)]
     routes: Vec<RouteDoc>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct ForwardingDoc {
+    #[serde(default)]
+    strip_headers: Vec<String>,
+    #[serde(default)]
+    keep_client_address_headers: bool,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RouteModeDoc {
+    hostnames: Vec<String>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct AdminDoc {
+    #[serde(default)]
+    ip_allowlist: Vec<String>,
+    #[serde(default)]
+    hostnames: Vec<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CorsDoc {
+    allow_origins: Vec<String>,
+    #[serde(default)]
+    allow_headers: Vec<String>,
+    #[serde(default)]
+    expose_headers: Vec<String>,
+    max_age_seconds: Option<u32>,
+    #[serde(default)]
+    allow_credentials: bool,
 }
 
 #[derive(Deserialize, Default)]
@@ -74,6 +118,7 @@ struct RouteDoc {
     tenant_param: Option<String>,
     #[serde(default)]
     public: bool,
+    cors: Option<CorsDoc>,
 }
 
 /// Where credentials are read from.
@@ -96,8 +141,55 @@ pub struct Policy {
     pub negative_cache_ttl_seconds: u32,
     pub expiry_warning_seconds: u32,
     pub realm: String,
+    pub path_rules: PathRules,
+    pub forwarding: Forwarding,
+    /// Route mode: the worker runs on a Cloudflare route in front of its own origin, and serves
+    /// only these hostnames (lowercase). `None`: forward to the `ORIGIN` var.
+    pub route_mode: Option<Vec<String>>,
+    pub admin: AdminFence,
     pub routes: Vec<Route>,
     index: RouteIndex,
+}
+
+/// What the forwarded request may carry beyond the defaults (see `crate::forward`).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Forwarding {
+    /// More header names to strip, normalised (lowercase, `_` and `.` read as `-`).
+    pub strip_headers: Vec<String>,
+    /// Keep the client's own `X-Forwarded-For`, `X-Real-IP` and `Forwarded`.
+    pub keep_client_address_headers: bool,
+}
+
+/// Where the admin API answers at all. Outside it, `/admin/*` is a plain 404.
+#[derive(Debug, Clone, Default)]
+pub struct AdminFence {
+    pub ip_allowlist: IpAllowlist,
+    /// Lowercase hostnames; empty means any.
+    pub hostnames: Vec<String>,
+}
+
+impl AdminFence {
+    pub fn admits(&self, host: &str, ip: Option<crate::ip::ClientIp>) -> bool {
+        (self.hostnames.is_empty() || self.hostnames.iter().any(|h| h.eq_ignore_ascii_case(host)))
+            && (self.ip_allowlist.is_empty() || self.ip_allowlist.admits(ip))
+    }
+}
+
+/// A route's CORS policy: preflights are answered at the edge, never forwarded.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Cors {
+    /// Exact origins (`https://app.example.com`), or `*`.
+    pub allow_origins: Vec<String>,
+    pub allow_headers: Vec<String>,
+    pub expose_headers: Vec<String>,
+    pub max_age_seconds: u32,
+    pub allow_credentials: bool,
+}
+
+impl Cors {
+    pub fn allows_origin(&self, origin: &str) -> bool {
+        self.allow_origins.iter().any(|o| o == "*" || o == origin)
+    }
 }
 
 /// Candidate routes by first path segment, in file order, so a lookup tries only the routes
@@ -234,48 +326,42 @@ pub struct Route {
     pub environments: Option<Vec<Environment>>,
     pub tenant_param: Option<String>,
     pub public: bool,
+    pub cors: Option<Cors>,
 }
 
 impl Route {
-    /// `OPTIONS` matches by path alone: a preflight to a protected path is treated as a request
-    /// to that route (so without a key it is 401), until CORS becomes policy of its own.
-    fn allows_method(&self, method: &str) -> bool {
-        method.eq_ignore_ascii_case("OPTIONS")
-            || self
-                .methods
-                .as_ref()
-                .is_none_or(|ms| ms.iter().any(|m| m.eq_ignore_ascii_case(method)))
+    /// Every method, `OPTIONS` included, matches only when the route lists it (or lists none).
+    pub fn allows_method(&self, method: &str) -> bool {
+        self.methods
+            .as_ref()
+            .is_none_or(|ms| ms.iter().any(|m| m.eq_ignore_ascii_case(method)))
     }
 }
 
-/// Splits a raw URL path into percent-decoded segments, skipping empty ones, and borrowing
-/// those that need no decoding (the usual case). `None` when the encoding is invalid (bad escape
-/// or not UTF-8).
-pub fn segments(raw: &str) -> Option<Vec<Cow<'_, str>>> {
-    let mut out = Vec::with_capacity(raw.bytes().filter(|&b| b == b'/').count() + 1);
-    for s in raw.split('/').filter(|s| !s.is_empty()) {
-        out.push(percent_decode(s)?);
-    }
-    Some(out)
+/// A header name as CGI, WSGI and PHP origins read it: lowercase, with `_` and `.` as `-`.
+pub fn normalize_header_name(name: &str) -> String {
+    name.bytes()
+        .map(|b| match b {
+            b'_' | b'.' => '-',
+            b => char::from(b.to_ascii_lowercase()),
+        })
+        .collect()
 }
 
-/// Percent-decodes; `None` for a bad escape or a result that is not UTF-8.
-pub(crate) fn percent_decode(s: &str) -> Option<Cow<'_, str>> {
-    if !s.contains('%') {
-        return Some(Cow::Borrowed(s));
-    }
-    let mut out = Vec::with_capacity(s.len());
-    let mut bytes = s.bytes();
-    while let Some(b) = bytes.next() {
-        if b == b'%' {
-            let hi = (bytes.next()? as char).to_digit(16)?;
-            let lo = (bytes.next()? as char).to_digit(16)?;
-            out.push(u8::try_from(hi * 16 + lo).ok()?);
-        } else {
-            out.push(b);
-        }
-    }
-    String::from_utf8(out).ok().map(Cow::Owned)
+fn hostname_list(list: Vec<String>, what: &str) -> Result<Vec<String>, PolicyError> {
+    list.into_iter()
+        .map(|h| {
+            let ok = !h.is_empty()
+                && h.len() <= 253
+                && h.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.' || b == b':');
+            if ok {
+                Ok(h.to_ascii_lowercase())
+            } else {
+                Err(PolicyError(format!("{what}: {h:?} is not a hostname")))
+            }
+        })
+        .collect()
 }
 
 fn header_name(raw: Option<String>, default: &str, what: &str) -> Result<String, PolicyError> {
@@ -342,7 +428,45 @@ impl Policy {
             .enumerate()
             .map(|(i, r)| Route::from_doc(i, r).map_err(|e| PolicyError(format!("routes[{i}]: {e}"))))
             .collect::<Result<Vec<_>, _>>()?;
+        let forwarding = Forwarding {
+            strip_headers: doc
+                .forwarding
+                .strip_headers
+                .iter()
+                .map(|h| {
+                    let ok = !h.is_empty() && h.bytes().all(|b| b.is_ascii_graphic() && b != b':');
+                    if ok {
+                        Ok(normalize_header_name(h))
+                    } else {
+                        Err(PolicyError(format!(
+                            "forwarding.strip_headers: {h:?} is not a header name"
+                        )))
+                    }
+                })
+                .collect::<Result<_, _>>()?,
+            keep_client_address_headers: doc.forwarding.keep_client_address_headers,
+        };
+        let route_mode = match doc.route_mode {
+            None => None,
+            Some(rm) if rm.hostnames.is_empty() => {
+                return Err(PolicyError(
+                    "route_mode.hostnames is empty: name the hostnames the worker serves".into(),
+                ));
+            }
+            Some(rm) => Some(hostname_list(rm.hostnames, "route_mode.hostnames")?),
+        };
+        let admin = AdminFence {
+            ip_allowlist: IpAllowlist::parse(&doc.admin.ip_allowlist)
+                .map_err(|(i, e)| PolicyError(format!("admin.ip_allowlist[{i}]: {e}")))?,
+            hostnames: hostname_list(doc.admin.hostnames, "admin.hostnames")?,
+        };
         Ok(Policy {
+            path_rules: PathRules {
+                allow_semicolon: doc.allow_semicolon_in_path,
+            },
+            forwarding,
+            route_mode,
+            admin,
             default: doc.default,
             key_prefix,
             credentials,
@@ -366,6 +490,42 @@ impl Policy {
             .filter_map(|&i| self.routes.get(i));
         candidates.into_iter().find(|r| {
             r.pattern.has_len_for(path.len()) && r.allows_method(method) && r.pattern.is_match(path)
+        })
+    }
+}
+
+impl Cors {
+    fn from_doc(c: CorsDoc) -> Result<Self, PolicyError> {
+        if c.allow_origins.is_empty() {
+            return Err(PolicyError("cors.allow_origins is empty".into()));
+        }
+        for o in &c.allow_origins {
+            let ok = o == "*"
+                || ((o.starts_with("https://") || o.starts_with("http://"))
+                    && !o.ends_with('/')
+                    && o.bytes().all(|b| b.is_ascii_graphic() && b != b','));
+            if !ok {
+                return Err(PolicyError(format!(
+                    "cors.allow_origins: {o:?} is not an origin (scheme://host[:port]) or `*`"
+                )));
+            }
+        }
+        if c.allow_credentials && c.allow_origins.iter().any(|o| o == "*") {
+            return Err(PolicyError(
+                "cors: allow_credentials cannot be used with `*`".into(),
+            ));
+        }
+        for h in c.allow_headers.iter().chain(&c.expose_headers) {
+            if h.is_empty() || !h.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-') {
+                return Err(PolicyError(format!("cors: {h:?} is not a header name")));
+            }
+        }
+        Ok(Cors {
+            allow_origins: c.allow_origins,
+            allow_headers: c.allow_headers,
+            expose_headers: c.expose_headers,
+            max_age_seconds: c.max_age_seconds.unwrap_or(600).min(86_400),
+            allow_credentials: c.allow_credentials,
         })
     }
 }
@@ -429,7 +589,9 @@ impl Route {
         {
             return Err(PolicyError("environments is empty: no key could pass".into()));
         }
+        let cors = r.cors.map(Cors::from_doc).transpose()?;
         Ok(Route {
+            cors,
             index,
             methods,
             pattern,
@@ -448,8 +610,11 @@ mod tests {
     use super::*;
     use serde_json::json;
 
+    use crate::path::canonicalize;
+    use std::borrow::Cow;
+
     fn seg(p: &str) -> Vec<Cow<'_, str>> {
-        segments(p).unwrap()
+        canonicalize(p, PathRules::default()).unwrap().segments
     }
 
     #[test]
@@ -475,9 +640,7 @@ mod tests {
         let p = RoutePattern::parse("/internal/*").unwrap();
         assert!(p.is_match(&seg("/%69nternal/x")));
         assert!(p.is_match(&seg("//internal//x")));
-        assert!(segments("/a/%zz").is_none());
-        assert!(segments("/a/%ff").is_none());
-        assert_eq!(seg("/a/b%2Fc"), vec!["a", "b/c"]);
+        assert!(canonicalize("/a/%zz", PathRules::default()).is_err());
     }
 
     #[test]
@@ -569,6 +732,5 @@ mod tests {
             assert_eq!(route.pattern.param("ring", &segs), ring, "{path}");
             assert_eq!(route.pattern.param("nope", &segs), None, "{path}");
         }
-        assert!(segments("/o/a/%zz").is_none());
     }
 }

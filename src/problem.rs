@@ -66,6 +66,36 @@ impl Problem {
     pub fn from_denial(d: &Denial, realm: &str) -> Self {
         let unauth = |code, title, detail: &str| Problem::unauthorized(realm, code, title, detail);
         match d {
+            Denial::LoopDetected => Problem::new(
+                508,
+                "loop_detected",
+                "Loop detected",
+                "This request was forwarded by this gateway and came back to it; it was not forwarded again. Check ORIGIN.",
+            ),
+            Denial::MisdirectedRequest => Problem::new(
+                421,
+                "misdirected_request",
+                "Misdirected request",
+                "This gateway does not serve this hostname.",
+            ),
+            Denial::InvalidPath => Problem::new(
+                400,
+                "invalid_path",
+                "Invalid path",
+                "The path has an invalid percent-encoding, or a segment that is `.` or `..` or holds `/`, `\\`, `;` or a control character, in some encoding.",
+            ),
+            Denial::BodyNotAllowed => Problem::new(
+                400,
+                "body_not_allowed",
+                "Body not allowed",
+                "A GET or HEAD request may not carry a body.",
+            ),
+            Denial::CorsOriginNotAllowed => Problem::new(
+                403,
+                "cors_origin_not_allowed",
+                "CORS origin not allowed",
+                "This route's CORS policy does not allow this Origin.",
+            ),
             Denial::NoRoute => Problem::new(
                 404,
                 "no_route",

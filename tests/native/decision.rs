@@ -9,7 +9,7 @@ use crate::{DownStore, World};
 fn denial(d: Decision) -> Denial {
     match d {
         Decision::Deny(d) => d,
-        Decision::Forward(f) => panic!("expected a denial, got {f:?}"),
+        other => panic!("expected a denial, got {other:?}"),
     }
 }
 
@@ -196,12 +196,16 @@ fn default_allow_forwards_unmatched_paths_unauthenticated() {
         Decision::Forward(f) => assert!(f.principal.is_none()),
         other => panic!("{other:?}"),
     }
-    // A matched route still needs its key, and an undecodable path matches nothing: denied.
+    // A matched route still needs its key, and an undecodable path is refused before routing.
     assert_eq!(
         denial(w.decide("GET", "/private/x", &[], None)),
         Denial::MissingKey
     );
-    assert_eq!(denial(w.decide("GET", "/%zz", &[], None)), Denial::NoRoute);
+    assert_eq!(denial(w.decide("GET", "/%zz", &[], None)), Denial::InvalidPath);
+    assert_eq!(
+        denial(w.decide("GET", "/anything/..%2Fprivate/x", &[], None)),
+        Denial::InvalidPath
+    );
 }
 
 #[test]
@@ -216,6 +220,8 @@ fn query_keys_only_when_the_policy_opts_in() {
             query: Some(q),
             headers: &headers,
             client_ip: None,
+            host: "gw.example",
+            has_body: false,
         };
         futures::executor::block_on(w.gateway.decide(&facts, &w.records(), w.now))
     };

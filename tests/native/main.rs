@@ -93,6 +93,8 @@ impl<S: KvStore> World<S> {
             query: None,
             headers: &headers,
             client_ip: ip.and_then(ClientIp::parse),
+            host: "gw.example",
+            has_body: false,
         };
         block_on(self.gateway.decide(&facts, &self.records(), self.now))
     }

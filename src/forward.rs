@@ -1,0 +1,351 @@
+//! What the origin receives, as plain values: the target URL (always from configuration, never
+//! from the client), the query string and the headers. The edge only copies the result into a
+//! `Request`.
+//!
+//! Headers the origin receives:
+//! - the client's headers, minus:
+//!   - `Host` (the runtime sets it from the target URL);
+//!   - every name that reads as `x-key-*` once lowercased with `_` and `.` taken as `-`
+//!     (`X_Key_Scopes`, `X-Key.Tenant`), because CGI, WSGI and PHP origins read them so;
+//!   - method-override and URL-rewrite headers ([`REWRITE_HEADERS`], plus the policy's
+//!     `forwarding.strip_headers`), compared the same way;
+//!   - the client-address headers ([`CLIENT_ADDRESS_HEADERS`]) unless the policy keeps them;
+//!   - the header that carried the credential, and any header whose value holds something
+//!     shaped like one of this gateway's keys, on every route;
+//!   - the hop header, which is re-added with this gateway's realm appended;
+//! - the principal headers on authenticated routes: `X-Key-Id`, `X-Key-Scopes`,
+//!   `X-Key-Environment`, `X-Key-Tenant` (routes with a `tenant_param`) and `X-Key-Client-Ip`;
+//! - the address the gateway checked as `CF-Connecting-IP`, `X-Forwarded-For`, `X-Real-IP` and
+//!   `Forwarded` (unless the policy keeps the client's own), and nothing of the kind when the
+//!   gateway had no valid address.
+
+use crate::decide::{Forward, HOP_HEADER};
+use crate::ip::ClientIp;
+use crate::key::contains_key_like;
+use crate::path::percent_decode;
+use crate::policy::{Policy, normalize_header_name};
+
+/// Headers that make framework origins change the method or the path they act on.
+pub const REWRITE_HEADERS: [&str; 5] = [
+    "x-http-method-override",
+    "x-http-method",
+    "x-method-override",
+    "x-original-url",
+    "x-rewrite-url",
+];
+
+/// Headers that claim a client address. Replaced by the address the gateway checked.
+pub const CLIENT_ADDRESS_HEADERS: [&str; 7] = [
+    "x-forwarded-for",
+    "x-real-ip",
+    "forwarded",
+    "true-client-ip",
+    "x-client-ip",
+    "x-cluster-client-ip",
+    "client-ip",
+];
+
+/// Where allowed requests go.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Target {
+    /// The `ORIGIN` var: scheme, host, optional port and optional path prefix, no trailing `/`.
+    Origin(String),
+    /// Route mode: the request's own URL, for the hostnames the policy names (checked before).
+    RouteMode,
+}
+
+impl Target {
+    /// From the `ORIGIN` var and the policy. Exactly one of them must say where requests go.
+    pub fn from_config(origin: Option<&str>, policy: &Policy) -> Result<Target, String> {
+        let origin = origin.map(str::trim).filter(|o| !o.is_empty());
+        match (origin, &policy.route_mode) {
+            (Some(_), Some(_)) => Err(
+                "ORIGIN is set and the policy has route_mode: choose one (route mode forwards to the request's own URL)"
+                    .into(),
+            ),
+            (None, None) => Err(
+                "ORIGIN is empty and the policy has no route_mode: set ORIGIN to the origin's URL, or list the hostnames of route mode"
+                    .into(),
+            ),
+            (None, Some(_)) => Ok(Target::RouteMode),
+            (Some(o), None) => {
+                let rest = o
+                    .strip_prefix("https://")
+                    .or_else(|| o.strip_prefix("http://"))
+                    .ok_or_else(|| format!("ORIGIN {o:?} must start with http:// or https://"))?;
+                let host = rest.split('/').next().unwrap_or_default();
+                let ok = !host.is_empty()
+                    && !rest.contains(['?', '#', '@', '\\'])
+                    && rest.bytes().all(|b| b.is_ascii_graphic());
+                if !ok {
+                    return Err(format!(
+                        "ORIGIN {o:?} must be scheme://host[:port][/path], without query, fragment or credentials"
+                    ));
+                }
+                Ok(Target::Origin(o.trim_end_matches('/').to_owned()))
+            }
+        }
+    }
+
+    /// The outbound URL. `scheme` and `host` are the request's own (used in route mode only);
+    /// `path` is the canonical encoded path.
+    pub fn url(&self, scheme: &str, host: &str, path: &str, query: Option<&str>) -> String {
+        let base = match self {
+            Target::Origin(o) => o.clone(),
+            Target::RouteMode => format!("{scheme}://{host}"),
+        };
+        match query {
+            Some(q) => format!("{base}{path}?{q}"),
+            None => format!("{base}{path}"),
+        }
+    }
+}
+
+/// The query string the origin receives: without the credential parameter (when the policy
+/// reads keys from the query) and without any parameter whose value holds a key-shaped string.
+pub fn outbound_query(policy: &Policy, query: Option<&str>) -> Option<String> {
+    let q = query?;
+    let param = policy.credentials.query_param.as_deref();
+    let prefix = &policy.key_prefix;
+    let holds_key = |s: &str| {
+        contains_key_like(s, prefix)
+            || percent_decode(&s.replace('+', " ")).is_some_and(|d| contains_key_like(&d, prefix))
+    };
+    let kept: Vec<&str> = q
+        .split('&')
+        .filter(|pair| {
+            let name = pair.split_once('=').map_or(*pair, |(k, _)| k);
+            Some(name) != param && !holds_key(pair)
+        })
+        .collect();
+    let out = kept.join("&");
+    (!out.is_empty()).then_some(out)
+}
+
+fn forwarded_for(ip: ClientIp) -> String {
+    match ip.addr() {
+        std::net::IpAddr::V4(v4) => format!("for={v4}"),
+        std::net::IpAddr::V6(v6) => format!("for=\"[{v6}]\""),
+    }
+}
+
+/// The headers the origin receives, in order (see the module doc).
+pub fn outbound_headers(
+    policy: &Policy,
+    incoming: &[(String, String)],
+    fwd: &Forward,
+    client_ip: Option<ClientIp>,
+) -> Vec<(String, String)> {
+    let creds = &policy.credentials;
+    let keep_addresses = policy.forwarding.keep_client_address_headers;
+    let mut hops: Vec<String> = Vec::new();
+    let mut out: Vec<(String, String)> = Vec::with_capacity(incoming.len() + 8);
+    for (name, value) in incoming {
+        let norm = normalize_header_name(name);
+        if norm == HOP_HEADER {
+            hops.push(value.clone());
+            continue;
+        }
+        let drop = norm == "host"
+            || norm == "cf-connecting-ip"
+            || norm.starts_with("x-key-")
+            || REWRITE_HEADERS.contains(&norm.as_str())
+            || policy.forwarding.strip_headers.contains(&norm)
+            || (!keep_addresses && CLIENT_ADDRESS_HEADERS.contains(&norm.as_str()))
+            || (fwd.credential.in_bearer_header && norm == creds.bearer_header)
+            || (fwd.credential.in_api_key_header && norm == creds.api_key_header)
+            || contains_key_like(value, &policy.key_prefix);
+        if !drop {
+            out.push((name.clone(), value.clone()));
+        }
+    }
+    let mut add = |k: &str, v: String| out.push((k.to_owned(), v));
+    if let Some(p) = &fwd.principal {
+        add("X-Key-Id", p.key_id().as_str().to_owned());
+        add("X-Key-Scopes", p.scopes_header());
+        add("X-Key-Environment", p.environment().as_str().to_owned());
+        if let Some(t) = &p.tenant {
+            add("X-Key-Tenant", t.clone());
+        }
+        if let Some(ip) = client_ip {
+            add("X-Key-Client-Ip", ip.to_string());
+        }
+    }
+    if let Some(ip) = client_ip {
+        add("CF-Connecting-IP", ip.to_string());
+        if !keep_addresses {
+            add("X-Forwarded-For", ip.to_string());
+            add("X-Real-IP", ip.to_string());
+            add("Forwarded", forwarded_for(ip));
+        }
+    }
+    hops.push(policy.realm.clone());
+    add("Keygate-Hop", hops.join(", "));
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::credential::Found;
+    use serde_json::json;
+
+    fn policy(extra: serde_json::Value) -> Policy {
+        let mut doc = json!({"routes": [{"path": "/p/*", "public": true}]});
+        if let (Some(d), Some(e)) = (doc.as_object_mut(), extra.as_object()) {
+            d.extend(e.clone());
+        }
+        Policy::from_json(&doc).unwrap()
+    }
+
+    fn public_forward() -> Forward {
+        Forward {
+            path: "/p/x".into(),
+            principal: None,
+            credential: Found::default(),
+            sunset: None,
+        }
+    }
+
+    fn h(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    fn names(out: &[(String, String)]) -> Vec<String> {
+        out.iter().map(|(k, _)| k.to_ascii_lowercase()).collect()
+    }
+
+    const KEY: &str =
+        "kg_live_3f9a0c1d2b4e5f60_abababababababababababababababababababababababababababababababab_00000000";
+
+    #[test]
+    fn look_alikes_rewrites_and_addresses_are_stripped() {
+        let p = policy(json!({}));
+        let incoming = h(&[
+            ("X_Key_Scopes", "admin:**"),
+            ("X-Key.Tenant", "acme"),
+            ("x-KEY-id", "0000"),
+            ("X-HTTP-Method-Override", "DELETE"),
+            ("X_HTTP_Method", "DELETE"),
+            ("X-Original-URL", "/internal"),
+            ("X-Rewrite-URL", "/internal"),
+            ("X-Method-Override", "DELETE"),
+            ("X-Forwarded-For", "1.2.3.4"),
+            ("X_Real_IP", "1.2.3.4"),
+            ("Forwarded", "for=1.2.3.4"),
+            ("True-Client-IP", "1.2.3.4"),
+            ("CF-Connecting-IP", "1.2.3.4"),
+            ("Host", "evil.example"),
+            ("Accept", "text/plain"),
+        ]);
+        let ip = ClientIp::parse("203.0.113.9");
+        let out = outbound_headers(&p, &incoming, &public_forward(), ip);
+        assert_eq!(
+            out,
+            h(&[
+                ("Accept", "text/plain"),
+                ("CF-Connecting-IP", "203.0.113.9"),
+                ("X-Forwarded-For", "203.0.113.9"),
+                ("X-Real-IP", "203.0.113.9"),
+                ("Forwarded", "for=203.0.113.9"),
+                ("Keygate-Hop", "keygate"),
+            ])
+        );
+        // No address: no address headers at all.
+        let out = outbound_headers(&p, &incoming, &public_forward(), None);
+        assert_eq!(names(&out), ["accept", "keygate-hop"]);
+        let v6 = outbound_headers(&p, &[], &public_forward(), ClientIp::parse("2001:db8::1"));
+        assert!(v6.contains(&("Forwarded".into(), "for=\"[2001:db8::1]\"".into())));
+    }
+
+    #[test]
+    fn policy_can_keep_addresses_and_strip_more() {
+        let p = policy(
+            json!({"forwarding": {"keep_client_address_headers": true, "strip_headers": ["X-Debug_Mode"]}}),
+        );
+        let incoming = h(&[
+            ("X-Forwarded-For", "1.2.3.4"),
+            ("x_debug.mode", "1"),
+            ("X-Debug-Mode", "1"),
+        ]);
+        let out = outbound_headers(&p, &incoming, &public_forward(), ClientIp::parse("203.0.113.9"));
+        assert_eq!(
+            out,
+            h(&[
+                ("X-Forwarded-For", "1.2.3.4"),
+                ("CF-Connecting-IP", "203.0.113.9"),
+                ("Keygate-Hop", "keygate"),
+            ])
+        );
+    }
+
+    #[test]
+    fn keys_never_leave_on_any_route() {
+        let p = policy(json!({}));
+        let incoming = h(&[
+            ("Authorization", &format!("Bearer {KEY}")),
+            ("X-API-Key", KEY),
+            ("X_API_Key", KEY),
+            ("Cookie", &format!("session=1; k={}", KEY.to_uppercase())),
+            ("Authorization", "Basic Zm9vOmJhcg=="),
+        ]);
+        let out = outbound_headers(&p, &incoming, &public_forward(), None);
+        assert_eq!(
+            out,
+            h(&[
+                ("Authorization", "Basic Zm9vOmJhcg=="),
+                ("Keygate-Hop", "keygate")
+            ])
+        );
+        assert_eq!(
+            outbound_query(
+                &p,
+                Some(&format!("a=1&token={KEY}&b=2&c=kg%5Flive%5F3f9a0c1d2b4e5f60"))
+            ),
+            Some("a=1&b=2".into())
+        );
+        assert_eq!(outbound_query(&p, Some(&format!("t={KEY}"))), None);
+        let with_param = policy(json!({"credentials": {"query_param": "api_key"}}));
+        assert_eq!(
+            outbound_query(&with_param, Some("api_key=x&q=1")),
+            Some("q=1".into())
+        );
+    }
+
+    #[test]
+    fn hops_accumulate() {
+        let p = policy(json!({"realm": "edge-b"}));
+        let out = outbound_headers(&p, &h(&[("Keygate-Hop", "edge-a")]), &public_forward(), None);
+        assert_eq!(out, h(&[("Keygate-Hop", "edge-a, edge-b")]));
+    }
+
+    #[test]
+    fn the_target_comes_from_configuration() {
+        let p = policy(json!({}));
+        let t = Target::from_config(Some(" http://127.0.0.1:8788/ "), &p).unwrap();
+        assert_eq!(
+            t.url("http", "evil.example:1", "/p/x", Some("a=1")),
+            "http://127.0.0.1:8788/p/x?a=1"
+        );
+        for bad in [
+            None,
+            Some(""),
+            Some("127.0.0.1:8788"),
+            Some("http://"),
+            Some("http://a?b"),
+            Some("http://u@h"),
+        ] {
+            assert!(Target::from_config(bad, &p).is_err(), "{bad:?}");
+        }
+        let rm = policy(json!({"route_mode": {"hostnames": ["api.example.com"]}}));
+        assert_eq!(Target::from_config(Some(""), &rm), Ok(Target::RouteMode));
+        assert!(Target::from_config(Some("http://o"), &rm).is_err());
+        assert_eq!(
+            Target::RouteMode.url("https", "api.example.com", "/p/x", None),
+            "https://api.example.com/p/x"
+        );
+    }
+}
