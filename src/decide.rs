@@ -23,7 +23,8 @@ pub struct RequestFacts<'a, H: ?Sized> {
     pub headers: &'a H,
     /// From `CF-Connecting-IP` only; `None` when absent or invalid.
     pub client_ip: Option<ClientIp>,
-    /// The request's host (from its URL), lowercase, without the port.
+    /// The request's host and port (from its URL; no port when it is the scheme's default),
+    /// lowercase. Route mode serves only the hostnames its policy lists.
     pub host: &'a str,
     /// The request has a body (`Content-Length` above 0, or any `Transfer-Encoding`).
     pub has_body: bool,

@@ -59,20 +59,10 @@ fn deployment(env: &Env) -> Result<Rc<Deployment>, String> {
                 let policy = Policy::from_json(&raw).map_err(|e| e.0)?;
                 let origin = env.var("ORIGIN").ok().map(|v| v.to_string());
                 let target = Target::from_config(origin.as_deref(), &policy)?;
-                // Unset means no pepper; set but empty is a mistake, never "no pepper".
-                let pepper = match env.secret("KEY_PEPPER").ok().map(|s| s.to_string()) {
-                    Some(p) if p.is_empty() => {
-                        return Err(
-                            "KEY_PEPPER is set but empty: set a real pepper or delete the secret".into(),
-                        );
-                    }
-                    p => p,
-                };
+                let pepper = env.secret("KEY_PEPPER").ok().map(|s| s.to_string());
+                let hasher = KeyHasher::from_secret(pepper.as_deref())?;
                 Ok(Rc::new(Deployment {
-                    gateway: Gateway {
-                        policy,
-                        hasher: KeyHasher::new(pepper.as_deref()),
-                    },
+                    gateway: Gateway { policy, hasher },
                     target,
                 }))
             })
@@ -184,7 +174,8 @@ async fn fetch(req: Request, env: Env, _ctx: Context) -> worker::Result<Response
     }
 }
 
-/// `Content-Length` above 0, or any `Transfer-Encoding`: the request has a body.
+/// `Content-Length` above 0, or any `Transfer-Encoding`: the request has a body. (workerd
+/// hides a chunked body on GET and HEAD entirely; `forward` then drops its framing headers.)
 fn has_body(headers: &Headers) -> bool {
     let get = |n: &str| headers.get(n).ok().flatten();
     get("transfer-encoding").is_some()
@@ -219,6 +210,11 @@ async fn handle(req: Request, env: &Env) -> worker::Result<Response> {
     let url = req.url()?;
     let raw_path = url.path().to_owned();
     let host = url.host_str().unwrap_or_default().to_ascii_lowercase();
+    // Host and port as the URL has them (no port when it is the scheme's default).
+    let authority = match url.port() {
+        Some(p) => format!("{host}:{p}"),
+        None => host.clone(),
+    };
     // The runtime's `Method` maps unknown methods to GET; decisions use the method as sent.
     let method = req.inner().method().to_ascii_uppercase();
     if raw_path == "/healthz" {
@@ -234,15 +230,21 @@ async fn handle(req: Request, env: &Env) -> worker::Result<Response> {
         .get("cf-connecting-ip")?
         .and_then(|v| ClientIp::parse(&v));
     let cache = cache(policy);
-    // The admin API is recognised on the canonical path, so `/%61dmin/keys` is `/admin/keys`.
-    if let Ok(canonical) = canonicalize(&raw_path, policy.path_rules)
-        && canonical.segments.first().is_some_and(|s| s == "admin")
-    {
+    // The admin API: `/admin/...` as sent (its handlers validate every segment themselves), or
+    // any path whose canonical form starts with `admin`, so `/%61dmin/keys` is `/admin/keys`.
+    let admin_path = if raw_path == "/admin" || raw_path.starts_with("/admin/") {
+        Some(raw_path.clone())
+    } else {
+        canonicalize(&raw_path, policy.path_rules)
+            .ok()
+            .filter(|c| c.segments.first().is_some_and(|s| s == "admin"))
+            .map(|c| c.encoded(policy.path_rules))
+    };
+    if let Some(admin_path) = admin_path {
         if !policy.admin.admits(&host, client_ip) {
             // Outside the fence the admin API does not exist: the answer of any unknown path.
             return problem_response(&Problem::from_denial(&Denial::NoRoute, &policy.realm));
         }
-        let admin_path = canonical.encoded(policy.path_rules);
         return admin(req, env, gateway, &cache, &method, &admin_path, client_ip).await;
     }
     if !FORWARDABLE.contains(&method.as_str()) {
@@ -264,7 +266,7 @@ async fn handle(req: Request, env: &Env) -> worker::Result<Response> {
         query: url.query(),
         headers: &headers,
         client_ip,
-        host: &host,
+        host: &authority,
         has_body: has_body(req.headers()),
     };
     let decision = gateway.decide(&facts, &records, now()).await;
@@ -319,7 +321,7 @@ async fn forward(
     req: Request,
     deployment: &Deployment,
     scheme: &str,
-    host: &str,
+    authority: &str,
     query: Option<&str>,
     client_ip: Option<ClientIp>,
     f: Forward,
@@ -327,16 +329,20 @@ async fn forward(
 ) -> worker::Result<Response> {
     let policy = &deployment.gateway.policy;
     let query = outbound_query(policy, query);
-    let target = deployment.target.url(scheme, host, &f.path, query.as_deref());
+    let target = deployment
+        .target
+        .url(scheme, authority, &f.path, query.as_deref());
     let incoming: Vec<(String, String)> = req.headers().entries().collect();
     let headers = Headers::new();
-    for (name, value) in outbound_headers(policy, &incoming, &f, client_ip) {
+    let method = req.method();
+    let bodiless = matches!(method, Method::Get | Method::Head);
+    for (name, value) in outbound_headers(policy, &incoming, &f, client_ip, bodiless) {
         headers.append(&name, &value)?;
     }
-    let method = req.method();
-    let body = match method {
-        Method::Get | Method::Head => None,
-        _ => req.inner().body().map(Into::into),
+    let body = if bodiless {
+        None
+    } else {
+        req.inner().body().map(Into::into)
     };
     let mut init = RequestInit::new();
     init.with_method(method)

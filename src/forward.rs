@@ -13,6 +13,7 @@
 //!   - the header that carried the credential, and any header whose value holds something
 //!     shaped like one of this gateway's keys, on every route;
 //!   - the hop header, which is re-added with this gateway's realm appended;
+//!   - on `GET` and `HEAD`, which never carry a body, the headers that describe one;
 //! - the principal headers on authenticated routes: `X-Key-Id`, `X-Key-Scopes`,
 //!   `X-Key-Environment`, `X-Key-Tenant` (routes with a `tenant_param`) and `X-Key-Client-Ip`;
 //! - the address the gateway checked as `CF-Connecting-IP`, `X-Forwarded-For`, `X-Real-IP` and
@@ -43,6 +44,14 @@ pub const CLIENT_ADDRESS_HEADERS: [&str; 7] = [
     "x-client-ip",
     "x-cluster-client-ip",
     "client-ip",
+];
+
+/// Headers that describe a body: dropped from `GET` and `HEAD`, which are forwarded without one.
+pub const BODY_HEADERS: [&str; 4] = [
+    "content-type",
+    "content-length",
+    "content-encoding",
+    "transfer-encoding",
 ];
 
 /// Where allowed requests go.
@@ -87,12 +96,13 @@ impl Target {
         }
     }
 
-    /// The outbound URL. `scheme` and `host` are the request's own (used in route mode only);
-    /// `path` is the canonical encoded path.
-    pub fn url(&self, scheme: &str, host: &str, path: &str, query: Option<&str>) -> String {
+    /// The outbound URL. `scheme` and `authority` (host and non-default port) are the request's
+    /// own, used in route mode only, where the authority was checked against the policy's
+    /// hostnames; `path` is the canonical encoded path.
+    pub fn url(&self, scheme: &str, authority: &str, path: &str, query: Option<&str>) -> String {
         let base = match self {
             Target::Origin(o) => o.clone(),
-            Target::RouteMode => format!("{scheme}://{host}"),
+            Target::RouteMode => format!("{scheme}://{authority}"),
         };
         match query {
             Some(q) => format!("{base}{path}?{q}"),
@@ -135,6 +145,7 @@ pub fn outbound_headers(
     incoming: &[(String, String)],
     fwd: &Forward,
     client_ip: Option<ClientIp>,
+    bodiless: bool,
 ) -> Vec<(String, String)> {
     let creds = &policy.credentials;
     let keep_addresses = policy.forwarding.keep_client_address_headers;
@@ -147,6 +158,7 @@ pub fn outbound_headers(
             continue;
         }
         let drop = norm == "host"
+            || (bodiless && BODY_HEADERS.contains(&norm.as_str()))
             || norm == "cf-connecting-ip"
             || norm.starts_with("x-key-")
             || REWRITE_HEADERS.contains(&norm.as_str())
@@ -242,7 +254,7 @@ mod tests {
             ("Accept", "text/plain"),
         ]);
         let ip = ClientIp::parse("203.0.113.9");
-        let out = outbound_headers(&p, &incoming, &public_forward(), ip);
+        let out = outbound_headers(&p, &incoming, &public_forward(), ip, false);
         assert_eq!(
             out,
             h(&[
@@ -255,9 +267,9 @@ mod tests {
             ])
         );
         // No address: no address headers at all.
-        let out = outbound_headers(&p, &incoming, &public_forward(), None);
+        let out = outbound_headers(&p, &incoming, &public_forward(), None, false);
         assert_eq!(names(&out), ["accept", "keygate-hop"]);
-        let v6 = outbound_headers(&p, &[], &public_forward(), ClientIp::parse("2001:db8::1"));
+        let v6 = outbound_headers(&p, &[], &public_forward(), ClientIp::parse("2001:db8::1"), false);
         assert!(v6.contains(&("Forwarded".into(), "for=\"[2001:db8::1]\"".into())));
     }
 
@@ -271,7 +283,13 @@ mod tests {
             ("x_debug.mode", "1"),
             ("X-Debug-Mode", "1"),
         ]);
-        let out = outbound_headers(&p, &incoming, &public_forward(), ClientIp::parse("203.0.113.9"));
+        let out = outbound_headers(
+            &p,
+            &incoming,
+            &public_forward(),
+            ClientIp::parse("203.0.113.9"),
+            false,
+        );
         assert_eq!(
             out,
             h(&[
@@ -292,7 +310,7 @@ mod tests {
             ("Cookie", &format!("session=1; k={}", KEY.to_uppercase())),
             ("Authorization", "Basic Zm9vOmJhcg=="),
         ]);
-        let out = outbound_headers(&p, &incoming, &public_forward(), None);
+        let out = outbound_headers(&p, &incoming, &public_forward(), None, false);
         assert_eq!(
             out,
             h(&[
@@ -318,7 +336,13 @@ mod tests {
     #[test]
     fn hops_accumulate() {
         let p = policy(json!({"realm": "edge-b"}));
-        let out = outbound_headers(&p, &h(&[("Keygate-Hop", "edge-a")]), &public_forward(), None);
+        let out = outbound_headers(
+            &p,
+            &h(&[("Keygate-Hop", "edge-a")]),
+            &public_forward(),
+            None,
+            false,
+        );
         assert_eq!(out, h(&[("Keygate-Hop", "edge-a, edge-b")]));
     }
 

@@ -264,6 +264,15 @@ impl KeyHasher {
     }
 
     /// The version new keys are stored with.
+    /// From the `KEY_PEPPER` secret as the deployment has it: unset means no pepper, but set and
+    /// empty is a configuration error (never silently "no pepper").
+    pub fn from_secret(raw: Option<&str>) -> Result<Self, String> {
+        match raw {
+            Some("") => Err("KEY_PEPPER is set but empty: set a real pepper or delete the secret".into()),
+            p => Ok(KeyHasher::new(p)),
+        }
+    }
+
     pub fn current_version(&self) -> HashVersion {
         if self.pepper.is_some() {
             HashVersion::HmacSha256
@@ -397,6 +406,39 @@ mod tests {
         #[test]
         fn random_strings_never_parse(s in "\\PC{0,120}") {
             prop_assert!(ApiKey::parse(&s, &prefix()).is_none());
+        }
+    }
+
+    #[test]
+    fn an_empty_pepper_is_an_error() {
+        assert!(KeyHasher::from_secret(Some("")).is_err());
+        assert_eq!(
+            KeyHasher::from_secret(None).unwrap().current_version(),
+            HashVersion::Sha256
+        );
+        assert_eq!(
+            KeyHasher::from_secret(Some("p")).unwrap().current_version(),
+            HashVersion::HmacSha256
+        );
+    }
+
+    #[test]
+    fn key_shapes_are_found_anywhere_in_any_case() {
+        let prefix = KeyPrefix::default();
+        for yes in [
+            "kg_live_0123456789abcdef",
+            "Bearer KG_TEST_0123456789ABCDEF_x",
+            "a=1; k=kg_live_0123456789abcdef0",
+        ] {
+            assert!(contains_key_like(yes, &prefix), "{yes}");
+        }
+        for no in [
+            "kg_live_0123",
+            "kg_prod_0123456789abcdef",
+            "xkg-live-0123456789abcdef",
+            "Basic Zm9vOmJhcg==",
+        ] {
+            assert!(!contains_key_like(no, &prefix), "{no}");
         }
     }
 }

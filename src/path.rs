@@ -65,7 +65,10 @@ pub fn percent_decode(s: &str) -> Option<Cow<'_, str>> {
 }
 
 fn check_segment(s: &str, rules: PathRules) -> Result<(), PathError> {
-    if s == "." || s == ".." {
+    // With matrix parameters, Tomcat and others read `..;x=1` as `..`: the part before the
+    // first `;` is the segment that counts.
+    let name = s.split(';').next().unwrap_or(s);
+    if name == "." || name == ".." {
         return Err(PathError::DotSegment);
     }
     let bad = |c: char| c == '/' || c == '\\' || (c == ';' && !rules.allow_semicolon) || c.is_control();
@@ -224,8 +227,11 @@ mod tests {
         assert_eq!(p.segments, ["a", "b;v=1"]);
         assert_eq!(p.encoded(open), "/a/b;v=1");
         assert!(canonicalize("/a/b;v=1", STRICT).is_err());
-        // Still no separators or dot segments.
-        assert!(canonicalize("/a/..;/b", open).is_ok());
+        // Still no separators or dot segments, also not before a parameter (`..;/`).
+        assert_eq!(canonicalize("/a/..;/b", open), Err(PathError::DotSegment));
+        assert_eq!(canonicalize("/a/.;x=1/b", open), Err(PathError::DotSegment));
+        assert_eq!(canonicalize("/a/%2e%2e;x/b", open), Err(PathError::DotSegment));
+        assert!(canonicalize("/a/..x;y/b", open).is_ok());
         assert!(canonicalize("/a/%2e%2e/b", open).is_err());
     }
 
@@ -255,11 +261,10 @@ mod tests {
                     let again = canonicalize(&forwarded, rules).expect("the forwarded path is canonical");
                     prop_assert_eq!(&again.segments, &p.segments);
                     prop_assert_eq!(again.encoded(rules), forwarded.clone());
-                    for s in forwarded.split('/') {
-                        prop_assert!(s != "." && s != "..");
-                    }
-                    for s in &p.segments {
-                        prop_assert!(s != "." && s != ".." && !s.contains(['/', '\\']));
+                    for s in forwarded.split('/').chain(p.segments.iter().map(|s| s.as_ref())) {
+                        let name = s.split(';').next().unwrap_or(s);
+                        prop_assert!(name != "." && name != "..");
+                        prop_assert!(!s.contains(['/', '\\']));
                     }
                 }
             }

@@ -144,7 +144,8 @@ pub struct Policy {
     pub path_rules: PathRules,
     pub forwarding: Forwarding,
     /// Route mode: the worker runs on a Cloudflare route in front of its own origin, and serves
-    /// only these hostnames (lowercase). `None`: forward to the `ORIGIN` var.
+    /// only these hostnames (lowercase; `host:port` for a non-default port). `None`: forward to
+    /// the `ORIGIN` var.
     pub route_mode: Option<Vec<String>>,
     pub admin: AdminFence,
     pub routes: Vec<Route>,

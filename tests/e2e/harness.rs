@@ -15,7 +15,7 @@ pub fn root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
 }
 
-fn free_port() -> u16 {
+pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
         .map(|a| a.port())
@@ -102,12 +102,51 @@ pub struct Origin {
     _group: Group,
 }
 
+impl Origin {
+    /// Every request the echo origin received so far (asked directly, not through a worker).
+    pub fn log(&self) -> Vec<Value> {
+        let r = send(
+            "GET",
+            &format!("http://127.0.0.1:{}/__echo/log", self.port),
+            &[],
+            None,
+        );
+        assert_eq!(r.status, 200, "echo log: {}", r.body);
+        r.json().as_array().cloned().unwrap_or_default()
+    }
+
+    /// The requests whose path or query contains `marker`.
+    pub fn received(&self, marker: &str) -> Vec<Value> {
+        self.log()
+            .into_iter()
+            .filter(|v| {
+                v["path"].as_str().unwrap_or_default().contains(marker)
+                    || v["query"].as_str().unwrap_or_default().contains(marker)
+            })
+            .collect()
+    }
+}
+
 pub fn start_origin() -> Origin {
+    start_node("echo origin", &["scripts/echo-origin.mjs", "0"])
+}
+
+/// `scripts/bounce-proxy.mjs` on `port`, sending everything to `target_port`.
+pub fn start_bounce(port: u16, target_port: u16) -> Origin {
+    start_node(
+        "bounce proxy",
+        &[
+            "scripts/bounce-proxy.mjs",
+            &port.to_string(),
+            &target_port.to_string(),
+        ],
+    )
+}
+
+fn start_node(name: &'static str, args: &[&str]) -> Origin {
     let mut cmd = Command::new("node");
-    cmd.args(["scripts/echo-origin.mjs", "0"])
-        .current_dir(root())
-        .stdout(Stdio::piped());
-    let mut group = Group::spawn("echo origin", cmd, None);
+    cmd.args(args).current_dir(root()).stdout(Stdio::piped());
+    let mut group = Group::spawn(name, cmd, None);
     let stdout = group.child.stdout.take().expect("origin stdout");
     let mut line = String::new();
     BufReader::new(stdout)
@@ -117,7 +156,7 @@ pub fn start_origin() -> Origin {
         .trim()
         .strip_prefix("listening ")
         .and_then(|p| p.parse().ok())
-        .unwrap_or_else(|| panic!("e2e: the echo origin did not start: {line:?}"));
+        .unwrap_or_else(|| panic!("e2e: {name} did not start: {line:?}"));
     Origin { port, _group: group }
 }
 
@@ -128,13 +167,22 @@ pub struct Worker {
     group: Group,
 }
 
+/// What a test worker's `ORIGIN` var is.
+#[derive(Clone, Copy)]
+pub enum OriginVar {
+    /// The local echo origin on this port.
+    Port(u16),
+    /// Empty (route mode, with a policy that names the hostnames).
+    Empty,
+}
+
 pub struct WorkerOptions<'a> {
-    pub origin_port: u16,
-    /// Replaces the policy of wrangler.toml (JSON text).
+    pub origin: OriginVar,
+    /// Replaces the policy of wrangler.toml (JSON text); `{PORT}` stands for the worker's port.
     pub policy: Option<&'a str>,
     /// KV entries written before the worker starts: (key, value).
     pub seed: &'a [(String, String)],
-    /// Start without an ADMIN_TOKEN (the admin API is then disabled).
+    /// Start with a token too short to enable the admin API (it is then disabled).
     pub no_admin_token: bool,
 }
 
@@ -146,7 +194,7 @@ pub fn start_worker(opts: WorkerOptions<'_>) -> Worker {
         wrangler_kv(&persist, &["put", k, v]);
     }
     let admin_token = if opts.no_admin_token {
-        String::new()
+        "short-token-20-chars".to_owned()
     } else {
         random_hex(24)
     };
@@ -163,11 +211,20 @@ pub fn start_worker(opts: WorkerOptions<'_>) -> Worker {
     ])
     .arg("--persist-to")
     .arg(&persist)
-    .args(["--var", &format!("ORIGIN:http://127.0.0.1:{}", opts.origin_port)])
+    .args([
+        "--var",
+        &match opts.origin {
+            OriginVar::Port(p) => format!("ORIGIN:http://127.0.0.1:{p}"),
+            OriginVar::Empty => "ORIGIN:".to_owned(),
+        },
+    ])
     .args(["--var", &format!("ADMIN_TOKEN:{admin_token}")])
     .args(["--show-interactive-dev-session=false", "--log-level", "log"]);
     if let Some(p) = opts.policy {
-        cmd.args(["--var", &format!("POLICY:{p}")]);
+        cmd.args([
+            "--var",
+            &format!("POLICY:{}", p.replace("{PORT}", &port.to_string())),
+        ]);
     }
     cmd.current_dir(root())
         .env("KEYGATE_SKIP_BUILD", "1")
@@ -324,6 +381,16 @@ fn agent() -> ureq::Agent {
 
 /// A request over a plain socket, for methods the HTTP client refuses to send (`PROPFIND`).
 pub fn send_raw(method: &str, url: &str, headers: &[(&str, &str)]) -> Resp {
+    let rest = url.strip_prefix("http://").expect("http URL");
+    let (host, _) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
+    let host_line = format!("Host: {host}\r\nContent-Length: 0\r\n");
+    send_bytes(url, &host_line, method, headers, b"")
+}
+
+/// A request over a plain socket with the path exactly as given (no client normalisation),
+/// `head` holding the Host line and any framing headers (Content-Length, Transfer-Encoding),
+/// then `headers`, then `body` as raw bytes.
+pub fn send_bytes(url: &str, head: &str, method: &str, headers: &[(&str, &str)], body: &[u8]) -> Resp {
     use std::io::Write;
     let rest = url.strip_prefix("http://").expect("http URL");
     let (host, path) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
@@ -331,13 +398,13 @@ pub fn send_raw(method: &str, url: &str, headers: &[(&str, &str)]) -> Resp {
     stream
         .set_read_timeout(Some(Duration::from_secs(30)))
         .expect("timeout");
-    let mut req =
-        format!("{method} {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\nContent-Length: 0\r\n");
+    let mut req = format!("{method} {path} HTTP/1.1\r\n{head}Connection: close\r\n");
     for (k, v) in headers {
         req.push_str(&format!("{k}: {v}\r\n"));
     }
     req.push_str("\r\n");
     stream.write_all(req.as_bytes()).expect("write");
+    stream.write_all(body).expect("write body");
     let mut raw = Vec::new();
     stream.read_to_end(&mut raw).expect("read");
     let text = String::from_utf8_lossy(&raw).into_owned();

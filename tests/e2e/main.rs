@@ -11,21 +11,33 @@
 )]
 
 mod admin;
+mod attacks;
 mod gateway;
 mod harness;
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use harness::{Origin, Resp, Worker, WorkerOptions, send, start_origin, start_worker};
+use harness::{
+    Origin, OriginVar, Resp, Worker, WorkerOptions, free_port, send, start_bounce, start_origin, start_worker,
+};
 use libtest_mimic::{Arguments, Trial};
 use serde_json::{Value, json};
 
 pub struct Ctx {
     pub main: Worker,
     pub bad_policy: Worker,
+    /// ORIGIN is the bounce proxy, which sends everything back to this worker (a loop), and
+    /// an ADMIN_TOKEN too short to enable the admin API.
     pub no_admin: Worker,
     pub fuzz: Worker,
+    /// Sends everything back to `no_admin`, whose ORIGIN it is: a real forwarding loop.
+    pub bounce: Origin,
+    /// Route mode (ORIGIN empty) for its own address only.
+    pub route_mode: Worker,
+    /// The shipped routes with `default = "allow"`, matrix parameters allowed, an extra
+    /// stripped header, and the admin API fenced to `admin.localhost` and 10.0.0.0/8.
+    pub edge: Worker,
     pub origin: Origin,
     /// A well-formed key id whose KV record is corrupt (seeded before start).
     pub corrupt_id: String,
@@ -94,17 +106,39 @@ impl Ctx {
     }
 }
 
+/// The policy of wrangler.toml as JSON, with `extra` merged over its top level.
+pub fn shipped_policy_with(extra: Value) -> String {
+    let text = std::fs::read_to_string(harness::root().join("wrangler.toml")).expect("wrangler.toml");
+    let doc: toml::Value = toml::from_str(&text).expect("wrangler.toml parses");
+    let mut policy = serde_json::to_value(&doc["vars"]["POLICY"]).expect("policy as JSON");
+    if let (Some(p), Some(e)) = (policy.as_object_mut(), extra.as_object()) {
+        p.extend(e.clone());
+    }
+    policy.to_string()
+}
+
 fn main() {
     let args = Arguments::from_args();
     let corrupt_id = "00000000c0ffee00".to_owned();
     harness::build_worker();
     let origin = start_origin();
     let origin_port = origin.port;
+    let origin_var = OriginVar::Port(origin_port);
+    let bounce_port = free_port();
     let seed = vec![(format!("key:{corrupt_id}"), "{not json".to_owned())];
+    let route_mode_policy = shipped_policy_with(
+        json!({"route_mode": {"hostnames": ["127.0.0.1:{PORT}", format!("localhost:{bounce_port}")]}}),
+    );
+    let edge_policy = shipped_policy_with(json!({
+        "default": "allow",
+        "allow_semicolon_in_path": true,
+        "forwarding": {"strip_headers": ["X-Internal-Debug"]},
+        "admin": {"hostnames": ["admin.localhost"], "ip_allowlist": ["10.0.0.0/8"]}
+    }));
     // Start the three workers side by side: each takes a while to boot.
     let main = std::thread::spawn(move || {
         start_worker(WorkerOptions {
-            origin_port,
+            origin: origin_var,
             policy: None,
             seed: &seed,
             no_admin_token: false,
@@ -112,7 +146,7 @@ fn main() {
     });
     let bad = std::thread::spawn(move || {
         start_worker(WorkerOptions {
-            origin_port,
+            origin: origin_var,
             policy: Some(r#"{"routes": [{"path": "/x", "ip_allowlist": ["10.0.0.1/8"]}]}"#),
             seed: &[],
             no_admin_token: false,
@@ -124,7 +158,7 @@ fn main() {
     };
     let no_admin = std::thread::spawn(move || {
         start_worker(WorkerOptions {
-            origin_port,
+            origin: OriginVar::Port(bounce_port),
             policy: None,
             seed: &[],
             no_admin_token: true,
@@ -132,7 +166,7 @@ fn main() {
     });
     let fuzz = std::thread::spawn(move || {
         start_worker(WorkerOptions {
-            origin_port,
+            origin: origin_var,
             policy: None,
             seed: &[],
             no_admin_token: false,
@@ -142,21 +176,58 @@ fn main() {
         (Ok(n), Ok(f)) => (n, f),
         _ => panic!("e2e: a worker failed to start (see the messages above)"),
     };
+    let no_admin_port = no_admin
+        .base
+        .rsplit(':')
+        .next()
+        .and_then(|p| p.parse().ok())
+        .unwrap();
+    let bounce = start_bounce(bounce_port, no_admin_port);
+    let edge = std::thread::spawn(move || {
+        start_worker(WorkerOptions {
+            origin: origin_var,
+            policy: Some(&edge_policy),
+            seed: &[],
+            no_admin_token: false,
+        })
+    });
+    let route_mode = std::thread::spawn(move || {
+        start_worker(WorkerOptions {
+            origin: OriginVar::Empty,
+            policy: Some(&route_mode_policy),
+            seed: &[],
+            no_admin_token: false,
+        })
+    });
+    let (edge, route_mode) = match (edge.join(), route_mode.join()) {
+        (Ok(e), Ok(r)) => (e, r),
+        _ => panic!("e2e: a worker failed to start (see the messages above)"),
+    };
     let ctx = Arc::new(Ctx {
         main,
         bad_policy,
         no_admin,
         fuzz,
+        bounce,
+        route_mode,
+        edge,
         origin,
         corrupt_id,
     });
-    let ports: Vec<u16> = [&ctx.main, &ctx.bad_policy, &ctx.no_admin, &ctx.fuzz]
-        .iter()
-        .filter_map(|w| w.base.rsplit(':').next()?.parse().ok())
-        .collect();
+    let ports: Vec<u16> = [
+        &ctx.main,
+        &ctx.bad_policy,
+        &ctx.no_admin,
+        &ctx.fuzz,
+        &ctx.edge,
+        &ctx.route_mode,
+    ]
+    .iter()
+    .filter_map(|w| w.base.rsplit(':').next()?.parse().ok())
+    .collect();
 
     let mut trials = Vec::new();
-    for (name, f) in gateway::TESTS.iter().chain(admin::TESTS) {
+    for (name, f) in gateway::TESTS.iter().chain(admin::TESTS).chain(attacks::TESTS) {
         let ctx = Arc::clone(&ctx);
         let f = *f;
         trials.push(Trial::test(*name, move || {
