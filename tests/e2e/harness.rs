@@ -186,7 +186,19 @@ pub struct WorkerOptions<'a> {
     pub no_admin_token: bool,
 }
 
+/// Starts a worker, retrying on another port when the one picked was taken in the meantime
+/// (other processes on the machine pick free ports too).
 pub fn start_worker(opts: WorkerOptions<'_>) -> Worker {
+    for _ in 0..3 {
+        if let Some(w) = try_start_worker(&opts) {
+            return w;
+        }
+        eprintln!("e2e: a port was taken while wrangler dev started; trying other ports");
+    }
+    panic!("e2e: wrangler dev could not find a free port three times");
+}
+
+fn try_start_worker(opts: &WorkerOptions<'_>) -> Option<Worker> {
     let port = free_port();
     let persist = std::env::temp_dir().join(format!("keygate-e2e-{}", random_hex(6)));
     std::fs::create_dir_all(&persist).expect("persist dir");
@@ -239,6 +251,10 @@ pub fn start_worker(opts: WorkerOptions<'_>) -> Worker {
     let deadline = Instant::now() + Duration::from_secs(120);
     loop {
         if let Ok(Some(status)) = group.child.try_wait() {
+            if group.log_tail().contains("Address already in use") {
+                let _ = std::fs::remove_dir_all(&persist);
+                return None;
+            }
             panic!(
                 "e2e: wrangler dev exited ({status}) before it was ready:\n{}",
                 group.log_tail()
@@ -255,12 +271,12 @@ pub fn start_worker(opts: WorkerOptions<'_>) -> Worker {
         }
         std::thread::sleep(Duration::from_millis(300));
     }
-    Worker {
+    Some(Worker {
         base,
         admin_token,
         persist,
         group,
-    }
+    })
 }
 
 impl Worker {
