@@ -139,17 +139,22 @@ pub struct WorkerOptions<'a> {
 }
 
 pub fn start_worker(opts: WorkerOptions<'_>) -> Worker {
+    let admin_token = if opts.no_admin_token {
+        String::new()
+    } else {
+        random_hex(24)
+    };
+    start_worker_with_token(opts, admin_token)
+}
+
+/// As [`start_worker`], with this exact ADMIN_TOKEN (for tests of weak tokens).
+pub fn start_worker_with_token(opts: WorkerOptions<'_>, admin_token: String) -> Worker {
     let port = free_port();
     let persist = std::env::temp_dir().join(format!("keygate-e2e-{}", random_hex(6)));
     std::fs::create_dir_all(&persist).expect("persist dir");
     for (k, v) in opts.seed {
         wrangler_kv(&persist, &["put", k, v]);
     }
-    let admin_token = if opts.no_admin_token {
-        String::new()
-    } else {
-        random_hex(24)
-    };
     let log = persist.join("wrangler.log");
     let log_file = std::fs::File::create(&log).expect("log file");
     let mut cmd = Command::new("npx");

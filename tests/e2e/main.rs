@@ -11,6 +11,7 @@
 )]
 
 mod admin;
+mod admin_safety;
 mod gateway;
 mod harness;
 
@@ -156,7 +157,11 @@ fn main() {
         .collect();
 
     let mut trials = Vec::new();
-    for (name, f) in gateway::TESTS.iter().chain(admin::TESTS) {
+    for (name, f) in gateway::TESTS
+        .iter()
+        .chain(admin::TESTS)
+        .chain(admin_safety::TESTS)
+    {
         let ctx = Arc::clone(&ctx);
         let f = *f;
         trials.push(Trial::test(*name, move || {
