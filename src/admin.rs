@@ -347,6 +347,16 @@ impl<S: KvStore> AdminContext<'_, S> {
         };
         let actor = self.authenticate(req, token).await?;
         let ep = endpoint(req.path).ok_or_else(not_found)?;
+        // The method first (405 with `Allow`), then the query string.
+        let allow = match ep {
+            Endpoint::Keys => "GET, POST",
+            Endpoint::Key(_) => "GET, PATCH, DELETE",
+            Endpoint::Revoke(_) | Endpoint::Rotate(_) => "POST",
+            Endpoint::Audit => "GET",
+        };
+        if !allow.split(", ").any(|m| m == req.method) {
+            return Err(method_not_allowed(allow));
+        }
         let allowed: &[&str] = match ep {
             Endpoint::Keys if req.method == "GET" => &["limit", "cursor", "environment", "status", "group"],
             Endpoint::Audit if req.method == "GET" => &["limit", "cursor", "key_id"],
@@ -681,12 +691,12 @@ impl<S: KvStore> AdminContext<'_, S> {
         if let Some(successor) = &old.rotated_to {
             // Rotating again is allowed only when the successor no longer exists (it was
             // deleted); the old key's expiry stays capped, so this never extends its life.
-            let exists = self
-                .records
-                .load(successor, self.now)
-                .await
-                .map(|r| r.is_some())
-                .unwrap_or(true);
+            let exists = match self.records.load(successor, self.now).await {
+                Ok(found) => found.is_some(),
+                // A successor whose record is corrupt still exists.
+                Err(LookupError::Corrupt(_)) => true,
+                Err(LookupError::Store(e)) => return Err(store_error(e)),
+            };
             if exists {
                 return Err(Problem::new(
                     409,

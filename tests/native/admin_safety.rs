@@ -687,6 +687,14 @@ fn unknown_or_repeated_query_parameters_are_refused() {
         assert!(e.detail.contains(param), "{}", e.detail);
     }
     assert_eq!(w.store.snapshot(), before, "a refused request wrote something");
+    // An unsupported method is still 405 with Allow, whatever the query string.
+    for (m, p) in [
+        ("TRACE", "/admin/keys?limit=5".to_owned()),
+        ("PUT", format!("/admin/keys/{id}?x=1")),
+    ] {
+        let e = w.admin(m, &p, None).unwrap_err();
+        assert_eq!((e.status, e.code), (405, "method_not_allowed"), "{m} {p}");
+    }
 }
 
 #[test]
