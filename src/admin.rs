@@ -2,7 +2,13 @@
 //! validation, escalation checks, record changes and the audit log. The edge hands it a
 //! request reduced to plain values and copies the reply into an HTTP response.
 //!
-//! Every error is a [`Problem`]; on every error path nothing has been written.
+//! Every error is a [`Problem`]; on every error path nothing has been written, with one
+//! exception: a rotation whose retirement marker was written but whose record write then failed
+//! (`503`) leaves the old key retired (capped at the grace end) with its successor deleted; the
+//! old key may then be rotated again.
+//!
+//! An admin key acts only within its reach ([`reach`]); lifecycle facts (revocation, deletion,
+//! retirement) are monotonic, see the `store` module.
 
 use std::collections::HashMap;
 use std::rc::Rc;
@@ -1383,7 +1389,7 @@ fn text_duration(s: &str) -> Option<i64> {
 /// `m`, `h` or `d` (`30m`, `7d`, `30d`), or whole seconds as a number (`3600`, `3600.0`) or as
 /// digits in a string (`"3600"`). `N` is digits without a sign or leading zeros. Positive (or
 /// zero, with `zero_ok`), at most 100 years.
-pub fn duration(v: &Value, zero_ok: bool) -> Option<i64> {
+fn duration(v: &Value, zero_ok: bool) -> Option<i64> {
     let s = match v {
         Value::String(s) => text_duration(s)?,
         // Whole-number floats (`3600.0`) are integers to JSON Schema and to many clients.
