@@ -2,7 +2,13 @@
 //! validation, escalation checks, record changes and the audit log. The edge hands it a
 //! request reduced to plain values and copies the reply into an HTTP response.
 //!
-//! Every error is a [`Problem`]; on every error path nothing has been written.
+//! Every error is a [`Problem`]; on every error path nothing has been written, with one
+//! exception: a rotation whose retirement marker was written but whose record write then failed
+//! (`503`) leaves the old key retired (capped at the grace end) with its successor deleted; the
+//! old key may then be rotated again.
+//!
+//! An admin key acts only within its reach ([`reach`]); lifecycle facts (revocation, deletion,
+//! retirement) are monotonic, see the `store` module.
 
 use std::collections::HashMap;
 use std::rc::Rc;
@@ -14,11 +20,11 @@ use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
 use crate::credential::{self, HeaderSource};
-use crate::decide::{Gateway, key_ip_allowed};
+use crate::decide::{Denial, Gateway, key_ip_allowed};
 use crate::ip::{ClientIp, IpAllowlist};
 use crate::key::{ApiKey, Environment, KeyId, random_hex, secret_eq};
 use crate::problem::{Problem, internal_error, method_not_allowed, store_unavailable};
-use crate::record::{KeyRecord, Status, slug};
+use crate::record::{KeyRecord, Retirement, Revocation, Status, slug};
 use crate::scope::Grant;
 use crate::store::{KvStore, LookupError, RECORD_PREFIX, Records, StoreError};
 use crate::time::Timestamp;
@@ -26,8 +32,18 @@ use crate::time::Timestamp;
 pub const MAX_BODY: usize = 64 * 1024;
 pub const MAX_METADATA: usize = 1024;
 const DEFAULT_LIMIT: u32 = 50;
-const MAX_LIMIT: u32 = 1000;
+/// The largest page of the list and audit endpoints. A Worker invocation may make at most
+/// 1,000 KV operations; a page costs at most `2 * MAX_LIMIT + 3` (authentication, the list
+/// call, one read per item, and for an admin key one record read per audit event to check
+/// its reach), so 100 leaves a wide margin.
+pub const MAX_LIMIT: u32 = 100;
 const MAX_LIST_ITEMS: usize = 64;
+/// An `ADMIN_TOKEN` shorter than this turns the admin API off (`503 admin_disabled`).
+pub const MIN_ADMIN_TOKEN_CHARS: usize = 32;
+/// What a key's principal headers (`X-Key-Id`, `X-Key-Scopes`, `X-Key-Environment`,
+/// `X-Key-Tenant`, `X-Key-Client-Ip`) may add to a forwarded request, in bytes, counted as
+/// `Name: value\r\n` each with the longest tenant and the longest client address.
+pub const MAX_PRINCIPAL_HEADER_BYTES: usize = 4096;
 
 pub const SCOPE_READ: &str = "admin:keys:read";
 pub const SCOPE_WRITE: &str = "admin:keys:write";
@@ -121,34 +137,137 @@ impl Actor {
         }
     }
 
-    /// An admin key may only create or change keys inside its own reach: scopes it covers,
-    /// its own environment, tenants among its own.
+    /// An admin key may only create or change keys inside its own reach; see [`reach`].
     fn may_manage(&self, target: &KeyRecord) -> Result<(), Problem> {
         let Actor::Key(me) = self else { return Ok(()) };
-        let (environment, scopes, tenants) = (target.environment, &target.scopes, &target.tenants);
-        let escalation = |detail: String| Problem::new(403, "scope_escalation", "Scope escalation", detail);
-        if environment != me.environment {
-            return Err(escalation(format!(
-                "An admin key of environment `{}` cannot manage `{}` keys.",
-                me.environment.as_str(),
-                environment.as_str()
-            )));
-        }
-        if let Some(g) = scopes
-            .iter()
-            .find(|g| !me.scopes.iter().any(|mine| mine.covers(g)))
-        {
-            return Err(escalation(format!(
-                "The grant `{g}` is not covered by this admin key's own grants."
-            )));
-        }
-        if let Some(t) = tenants.iter().find(|t| !me.tenants.contains(t)) {
-            return Err(escalation(format!(
-                "The tenant `{t}` is not among this admin key's tenants."
-            )));
-        }
-        Ok(())
+        reach(me, target).map_err(|detail| Problem::new(403, "scope_escalation", "Scope escalation", detail))
     }
+
+    /// Reads follow the same reach: an admin key sees only keys it could manage.
+    fn sees(&self, target: &KeyRecord) -> bool {
+        match self {
+            Actor::Token => true,
+            Actor::Key(me) => reach(me, target).is_ok(),
+        }
+    }
+}
+
+/// Is `target` inside the reach of the admin key `me`, on every axis? `Err` says which axis
+/// is not, for the `403 scope_escalation` detail.
+/// - scopes: every grant covered by one of `me`'s (wildcard-aware);
+/// - environment: the same;
+/// - tenants: an empty list means all tenants, so when `me` has tenants, `target` must have
+///   some, all among them;
+/// - IP allowlist: an empty list is wider than any list, so when `me` has one, `target` must
+///   have one whose every network lies inside one of `me`'s;
+/// - expiry: when `me` expires, `target` must expire no later (no expiry is later than any).
+pub fn reach(me: &KeyRecord, target: &KeyRecord) -> Result<(), String> {
+    if target.environment != me.environment {
+        return Err(format!(
+            "An admin key of environment `{}` cannot manage `{}` keys.",
+            me.environment.as_str(),
+            target.environment.as_str()
+        ));
+    }
+    if let Some(g) = target
+        .scopes
+        .iter()
+        .find(|g| !me.scopes.iter().any(|mine| mine.covers(g)))
+    {
+        return Err(format!(
+            "The grant `{g}` is not covered by this admin key's own grants."
+        ));
+    }
+    if !me.tenants.is_empty() {
+        if target.tenants.is_empty() {
+            return Err(
+                "This admin key is bound to tenants; a key without tenants (all tenants) is beyond it."
+                    .to_owned(),
+            );
+        }
+        if let Some(t) = target.tenants.iter().find(|t| !me.tenants.contains(t)) {
+            return Err(format!("The tenant `{t}` is not among this admin key's tenants."));
+        }
+    }
+    if !target.ip_allowlist.within(&me.ip_allowlist) {
+        return Err(
+            "Every IP allowlist entry must lie inside this admin key's own allowlist (an empty list allows any address)."
+                .to_owned(),
+        );
+    }
+    if let Some(mine) = me.expires_at
+        && target.expires_at.is_none_or(|t| t > mine)
+    {
+        return Err(format!(
+            "This admin key expires at {mine}; a key it manages must expire no later."
+        ));
+    }
+    Ok(())
+}
+
+/// `401 invalid_admin_credential`: the credential is neither the admin token nor a valid key.
+fn invalid_admin_credential(realm: &str) -> Problem {
+    Problem::new(
+        401,
+        "invalid_admin_credential",
+        "Invalid admin credential",
+        "The credential is neither the admin token nor a valid admin key.",
+    )
+    .header(
+        "WWW-Authenticate",
+        format!("Bearer realm=\"{realm}\", error=\"invalid_token\""),
+    )
+}
+
+/// Why the admin API is off with this `ADMIN_TOKEN`, if it is: one line for the edge's log.
+pub fn admin_token_weakness(token: Option<&str>) -> Option<&'static str> {
+    match token {
+        None | Some("") => Some("ADMIN_TOKEN is not set; the admin API is disabled"),
+        Some(t) if t.chars().count() < MIN_ADMIN_TOKEN_CHARS => Some(
+            "ADMIN_TOKEN is shorter than 32 characters; the admin API is disabled until a longer one is set",
+        ),
+        Some(_) => None,
+    }
+}
+
+/// Bytes the principal headers of `record` can add to a forwarded request, at most.
+pub fn principal_header_bytes(record: &KeyRecord) -> usize {
+    let line = |name: &str, value: usize| name.len() + 2 + value + 2;
+    let scopes = record.scopes.iter().map(|g| g.to_string().len()).sum::<usize>()
+        + record.scopes.len().saturating_sub(1);
+    let tenant = record.tenants.iter().map(String::len).max();
+    line("X-Key-Id", record.id.as_str().len())
+        + line("X-Key-Scopes", scopes)
+        + line("X-Key-Environment", record.environment.as_str().len())
+        + tenant.map_or(0, |t| line("X-Key-Tenant", t))
+        // The longest textual IPv6 address.
+        + line("X-Key-Client-Ip", 45)
+}
+
+fn check_header_size(record: &KeyRecord) -> Result<(), Problem> {
+    let n = principal_header_bytes(record);
+    if n > MAX_PRINCIPAL_HEADER_BYTES {
+        return Err(invalid_field(
+            "scopes",
+            format!(
+                "The key's principal headers (X-Key-Scopes with every grant, the longest tenant, ...) would add {n} bytes to forwarded requests; at most {MAX_PRINCIPAL_HEADER_BYTES} are allowed. Use fewer or shorter grants or tenants."
+            ),
+        ));
+    }
+    Ok(())
+}
+
+fn key_revoked(detail: &str) -> Problem {
+    Problem::new(409, "key_revoked", "Key revoked", detail)
+}
+
+/// The retired record: its successor, and its expiry capped at the grace end.
+fn retirement_of(r: &Retirement, record: &mut KeyRecord) {
+    let life = crate::record::Lifecycle {
+        retired: Some(r.clone()),
+        ..Default::default()
+    };
+    life.apply(record);
 }
 
 fn not_found() -> Problem {
@@ -213,20 +332,47 @@ impl<S: KvStore> AdminContext<'_, S> {
                 _ => Err(method_not_allowed("GET, HEAD")),
             };
         }
-        let Some(token) = self.admin_token.filter(|t| !t.is_empty()) else {
-            return Err(Problem::new(
-                503,
-                "admin_disabled",
-                "Admin API disabled",
-                "Set the ADMIN_TOKEN secret to enable the admin API.",
-            ));
+        let token = match self.admin_token.filter(|t| !t.is_empty()) {
+            None => {
+                return Err(Problem::new(
+                    503,
+                    "admin_disabled",
+                    "Admin API disabled",
+                    "Set the ADMIN_TOKEN secret to enable the admin API.",
+                ));
+            }
+            Some(t) if t.chars().count() < MIN_ADMIN_TOKEN_CHARS => {
+                return Err(Problem::new(
+                    503,
+                    "admin_disabled",
+                    "Admin API disabled",
+                    "The ADMIN_TOKEN secret is too short (fewer than 32 characters), so the admin API is off. Set a longer one, such as the output of `openssl rand -hex 32`.",
+                ));
+            }
+            Some(t) => t,
         };
         let actor = self.authenticate(req, token).await?;
         let ep = endpoint(req.path).ok_or_else(not_found)?;
+        // The method first (405 with `Allow`), then the query string.
+        let allow = match ep {
+            Endpoint::Keys => "GET, POST",
+            Endpoint::Key(_) => "GET, PATCH, DELETE",
+            Endpoint::Revoke(_) | Endpoint::Rotate(_) => "POST",
+            Endpoint::Audit => "GET",
+        };
+        if !allow.split(", ").any(|m| m == req.method) {
+            return Err(method_not_allowed(allow));
+        }
+        let allowed: &[&str] = match ep {
+            Endpoint::Keys if req.method == "GET" => &["limit", "cursor", "environment", "status", "group"],
+            Endpoint::Audit if req.method == "GET" => &["limit", "cursor", "key_id"],
+            _ => &[],
+        };
+        let query = Query::parse(req.query, allowed)?;
         match (ep, req.method) {
             (Endpoint::Keys, "GET") => {
                 actor.require(SCOPE_READ)?;
-                self.list_keys(req.query, token).await
+                self.list_keys(&actor, &query, token).await
             }
             (Endpoint::Keys, "POST") => {
                 actor.require(SCOPE_WRITE)?;
@@ -235,7 +381,7 @@ impl<S: KvStore> AdminContext<'_, S> {
             (Endpoint::Keys, _) => Err(method_not_allowed("GET, POST")),
             (Endpoint::Key(id), "GET") => {
                 actor.require(SCOPE_READ)?;
-                let record = self.existing(&id).await?;
+                let record = self.existing(&actor, &id).await?;
                 ok(200, record.view(self.now))
             }
             (Endpoint::Key(id), "PATCH") => {
@@ -258,7 +404,7 @@ impl<S: KvStore> AdminContext<'_, S> {
             (Endpoint::Revoke(_) | Endpoint::Rotate(_), _) => Err(method_not_allowed("POST")),
             (Endpoint::Audit, "GET") => {
                 actor.require(SCOPE_AUDIT)?;
-                self.list_audit(req.query, token).await
+                self.list_audit(&actor, &query, token).await
             }
             (Endpoint::Audit, _) => Err(method_not_allowed("GET")),
         }
@@ -280,23 +426,43 @@ impl<S: KvStore> AdminContext<'_, S> {
             .gateway
             .authenticate(credential, &self.records, self.now)
             .await
-            .map_err(|d| Problem::from_denial(&d, &policy.realm))?;
+            .map_err(|d| match d {
+                // Not a well-formed key, or not a valid one: to an admin caller these say only
+                // that the credential is wrong (a mistyped token is not "a malformed API key").
+                Denial::MalformedKey | Denial::InvalidKey => invalid_admin_credential(&policy.realm),
+                d => Problem::from_denial(&d, &policy.realm),
+            })?;
         if !key_ip_allowed(&record, req.client_ip) {
-            return Err(Problem::from_denial(
-                &crate::decide::Denial::IpNotAllowed,
-                &policy.realm,
-            ));
+            return Err(Problem::from_denial(&Denial::IpNotAllowed, &policy.realm));
         }
         Ok(Actor::Key(record))
     }
 
-    async fn existing(&self, raw_id: &str) -> Result<Rc<KeyRecord>, Problem> {
+    /// The key's record as the admin API acts on it: straight from the store, with every
+    /// lifecycle fact applied, and only when the actor can reach it (anything else is
+    /// `404 key_not_found`, so the existence of keys beyond reach is not disclosed).
+    async fn existing(&self, actor: &Actor, raw_id: &str) -> Result<Rc<KeyRecord>, Problem> {
         let id = KeyId::parse(raw_id).ok_or_else(key_not_found)?;
-        self.records
+        let record = self
+            .records
             .load(&id, self.now)
             .await
             .map_err(lookup_error)?
-            .ok_or_else(key_not_found)
+            .ok_or_else(key_not_found)?;
+        let life = self.records.lifecycle(&id).await.map_err(store_error)?;
+        if life.deleted {
+            return Err(key_not_found());
+        }
+        let mut merged = (*record).clone();
+        let record = if life.apply(&mut merged) {
+            Rc::new(merged)
+        } else {
+            record
+        };
+        if !actor.sees(&record) {
+            return Err(key_not_found());
+        }
+        Ok(record)
     }
 
     async fn create<H: HeaderSource + ?Sized>(
@@ -340,6 +506,7 @@ impl<S: KvStore> AdminContext<'_, S> {
             hash_version,
             hash,
         })?;
+        check_header_size(&record)?;
         actor.may_manage(&record)?;
         let record = self.records.put(record, self.now).await.map_err(store_error)?;
         self.audit(actor, "key.create", &record.id, req.client_ip, vec![])
@@ -366,17 +533,20 @@ impl<S: KvStore> AdminContext<'_, S> {
         raw_id: &str,
         req: &AdminRequest<'_, H>,
     ) -> AdminResult {
-        let current = self.existing(raw_id).await?;
+        let current = self.existing(actor, raw_id).await?;
         let body: PatchBody = parse_body(req, false)?;
         if current.revoked_at.is_some() {
+            return Err(key_revoked("A revoked key cannot be changed."));
+        }
+        let touches_expiry = body.expires_in.is_some() || body.expires_at.is_some();
+        if current.rotated_to.is_some() && touches_expiry {
             return Err(Problem::new(
                 409,
-                "key_revoked",
-                "Key revoked",
-                "A revoked key cannot be changed.",
+                "key_retired",
+                "Key retired",
+                "This key was retired by a rotation: its expiry is the end of its grace period and cannot change.",
             ));
         }
-        actor.may_manage(&current)?;
         let mut next = (*current).clone();
         if let Some(n) = &body.name {
             next.name = valid_name(n)?;
@@ -416,6 +586,7 @@ impl<S: KvStore> AdminContext<'_, S> {
         if let Some(e) = body.enabled {
             next.enabled = e;
         }
+        check_header_size(&next)?;
         actor.may_manage(&next)?;
 
         let changed = changed_fields(&current, &next);
@@ -423,7 +594,12 @@ impl<S: KvStore> AdminContext<'_, S> {
             return ok(200, current.view(self.now));
         }
         next.updated_at = self.now;
-        let saved = self.records.put(next, self.now).await.map_err(store_error)?;
+        let saved = self
+            .records
+            .save(next, self.now)
+            .await
+            .map_err(store_error)?
+            .ok_or_else(key_not_found)?;
         let (toggled, others): (Vec<_>, Vec<_>) = changed.into_iter().partition(|f| f == "enabled");
         if !toggled.is_empty() {
             let action = if saved.enabled {
@@ -446,19 +622,30 @@ impl<S: KvStore> AdminContext<'_, S> {
         raw_id: &str,
         req: &AdminRequest<'_, H>,
     ) -> AdminResult {
-        let current = self.existing(raw_id).await?;
+        let current = self.existing(actor, raw_id).await?;
         let body: RevokeBody = parse_body(req, true)?;
         let reason = body.reason.map(|r| valid_text("reason", r, 512)).transpose()?;
-        actor.may_manage(&current)?;
         if current.revoked_at.is_some() {
             // Irreversible and idempotent: the first revocation stands.
             return ok(200, current.view(self.now));
         }
+        // The fact first, then the record: whatever else writes the record afterwards finds
+        // the marker and keeps the revocation.
+        let revocation = Revocation { at: self.now, reason };
+        self.records
+            .mark_revoked(&current.id, &revocation)
+            .await
+            .map_err(store_error)?;
         let mut next = (*current).clone();
-        next.revoked_at = Some(self.now);
-        next.revoke_reason = reason;
+        next.revoked_at = Some(revocation.at);
+        next.revoke_reason = revocation.reason;
         next.updated_at = self.now;
-        let saved = self.records.put(next, self.now).await.map_err(store_error)?;
+        let saved = self
+            .records
+            .save(next, self.now)
+            .await
+            .map_err(store_error)?
+            .ok_or_else(key_not_found)?;
         self.audit(
             actor,
             "key.revoke",
@@ -476,28 +663,47 @@ impl<S: KvStore> AdminContext<'_, S> {
         raw_id: &str,
         req: &AdminRequest<'_, H>,
     ) -> AdminResult {
-        let old = self.existing(raw_id).await?;
+        let old = self.existing(actor, raw_id).await?;
         let body: RotateBody = parse_body(req, true)?;
         let grace = match &body.grace {
             None => 0,
             Some(g) => duration(g, true).ok_or_else(|| {
                 invalid_field(
                     "grace",
-                    "Use a preset (`1h`, `12h`, `1d`, `5d`, `1y`) or a number of seconds, 0 or more.",
+                    "Use a preset (`1h`, `12h`, `1d`, `5d`, `1y`), `Nm`, `Nh`, `Nd`, or whole seconds (a number or digits), 0 to 100 years.",
                 )
             })?,
         };
-        actor.may_manage(&old)?;
         match old.status(self.now) {
-            Status::Revoked => {
+            Status::Revoked => return Err(key_revoked("A revoked key cannot be rotated.")),
+            Status::Disabled => {
                 return Err(Problem::new(
                     409,
-                    "key_revoked",
-                    "Key revoked",
-                    "A revoked key cannot be rotated.",
+                    "key_disabled",
+                    "Key disabled",
+                    "A disabled key cannot be rotated: enable it first, or issue a new key.",
                 ));
             }
-            _ if old.rotated_to.is_some() => {
+            Status::Expired => {
+                return Err(Problem::new(
+                    409,
+                    "key_expired",
+                    "Key expired",
+                    "An expired key cannot be rotated (its successor could not outlive it); issue a new key.",
+                ));
+            }
+            Status::Active => {}
+        }
+        if let Some(successor) = &old.rotated_to {
+            // Rotating again is allowed only when the successor no longer exists (it was
+            // deleted); the old key's expiry stays capped, so this never extends its life.
+            let exists = match self.records.load(successor, self.now).await {
+                Ok(found) => found.is_some(),
+                // A successor whose record is corrupt still exists.
+                Err(LookupError::Corrupt(_)) => true,
+                Err(LookupError::Store(e)) => return Err(store_error(e)),
+            };
+            if exists {
                 return Err(Problem::new(
                     409,
                     "already_rotated",
@@ -505,17 +711,13 @@ impl<S: KvStore> AdminContext<'_, S> {
                     "This key has already been rotated; rotate its successor.",
                 ));
             }
-            _ => {}
         }
-        // The successor gets a lifetime as long as the old key's.
-        let lifetime = old
-            .expires_at
-            .map(|e| (e.millis() - old.created_at.millis()).max(1000) / 1000);
+        // The successor never outlives the old key: it expires when the old key would have.
         let (key, new_record) = self.new_key(old.environment, |id, hash_version, hash| KeyRecord {
             id,
             created_at: self.now,
             updated_at: self.now,
-            expires_at: lifetime.map(|s| self.now.plus_seconds(s)),
+            expires_at: old.expires_at,
             enabled: true,
             revoked_at: None,
             revoke_reason: None,
@@ -525,20 +727,37 @@ impl<S: KvStore> AdminContext<'_, S> {
             hash,
             ..(*old).clone()
         })?;
-        let mut retired = (*old).clone();
+        actor.may_manage(&new_record)?;
         let grace_end = self.now.plus_seconds(grace);
-        retired.expires_at = Some(retired.expires_at.map_or(grace_end, |e| e.min(grace_end)));
-        retired.rotated_to = Some(new_record.id.clone());
-        retired.updated_at = self.now;
+        let retirement = Retirement {
+            successor: new_record.id.clone(),
+            expires_at: old.expires_at.map_or(grace_end, |e| e.min(grace_end)),
+        };
         let new_record = self
             .records
             .put(new_record, self.now)
             .await
             .map_err(store_error)?;
-        if let Err(e) = self.records.put(retired, self.now).await {
-            // Leave no unlinked successor behind.
-            let _ = self.records.delete(&new_record.id, self.now).await;
-            return Err(store_error(e));
+        // The fact first, then the old record.
+        let mut retired = (*old).clone();
+        retired.updated_at = self.now;
+        let result = match self.records.mark_retired(&old.id, &retirement).await {
+            Ok(()) => {
+                retirement_of(&retirement, &mut retired);
+                self.records.save(retired, self.now).await
+            }
+            Err(e) => Err(e),
+        };
+        match result {
+            Ok(Some(_)) => {}
+            other => {
+                // Leave no working successor behind a rotation that did not happen.
+                let _ = self.records.delete(&new_record.id, self.now).await;
+                return Err(match other {
+                    Ok(_) => key_not_found(),
+                    Err(e) => store_error(e),
+                });
+            }
         }
         self.audit(
             actor,
@@ -569,13 +788,17 @@ impl<S: KvStore> AdminContext<'_, S> {
         req: &AdminRequest<'_, H>,
     ) -> AdminResult {
         let id = KeyId::parse(raw_id).ok_or_else(key_not_found)?;
-        match self.records.load(&id, self.now).await {
-            Ok(Some(current)) => actor.may_manage(&current)?,
-            Ok(None) => return Err(key_not_found()),
+        match self.existing(actor, raw_id).await {
+            Ok(_) => {}
             // The operator's token may purge a corrupt record; an admin key cannot prove its reach.
-            Err(LookupError::Corrupt(_)) if matches!(actor, Actor::Token) => {}
-            Err(e) => return Err(lookup_error(e)),
+            Err(p) if p.code == "record_invalid" && matches!(actor, Actor::Token) => {}
+            Err(p) => return Err(p),
         }
+        // The fact first: a write racing this delete finds it and deletes the record again.
+        self.records
+            .mark_deleted(&id, self.now)
+            .await
+            .map_err(store_error)?;
         self.records.delete(&id, self.now).await.map_err(store_error)?;
         self.audit(actor, "key.delete", &id, req.client_ip, vec![]).await;
         Ok(Reply {
@@ -584,10 +807,8 @@ impl<S: KvStore> AdminContext<'_, S> {
         })
     }
 
-    async fn list_keys(&self, query: Option<&str>, token: &str) -> AdminResult {
-        let q = Query::parse(query);
+    async fn list_keys(&self, actor: &Actor, q: &Query, token: &str) -> AdminResult {
         let limit = q.limit()?;
-        let cursor = q.cursor(token)?;
         let environment = q.get("environment").map(valid_environment).transpose()?;
         let status = q
             .get("status")
@@ -597,6 +818,8 @@ impl<S: KvStore> AdminContext<'_, S> {
             })
             .transpose()?;
         let group = q.get("group");
+        let scope = q.cursor_scope("keys");
+        let cursor = q.cursor(token, &scope)?;
         let page = self
             .records
             .store
@@ -615,7 +838,8 @@ impl<S: KvStore> AdminContext<'_, S> {
                 Ok(None) | Err(LookupError::Corrupt(_)) => continue,
                 Err(LookupError::Store(e)) => return Err(store_error(e)),
             };
-            let keep = environment.is_none_or(|e| r.environment == e)
+            let keep = actor.sees(&r)
+                && environment.is_none_or(|e| r.environment == e)
                 && status.is_none_or(|s| r.status(self.now) == s)
                 && group.is_none_or(|g| r.group.as_deref() == Some(g));
             if keep {
@@ -624,20 +848,32 @@ impl<S: KvStore> AdminContext<'_, S> {
         }
         ok(
             200,
-            json!({"keys": keys, "cursor": page.cursor.map(|c| sign_cursor(token, &c))}),
+            json!({"keys": keys, "cursor": page.cursor.map(|c| sign_cursor(token, &scope, &c))}),
         )
     }
 
-    async fn list_audit(&self, query: Option<&str>, token: &str) -> AdminResult {
-        let q = Query::parse(query);
+    async fn list_audit(&self, actor: &Actor, q: &Query, token: &str) -> AdminResult {
         let limit = q.limit()?;
-        let cursor = q.cursor(token)?;
-        let prefix = match q.get("key_id") {
+        let key_id = q
+            .get("key_id")
+            .map(|k| {
+                KeyId::parse(k)
+                    .ok_or_else(|| invalid_field("key_id", "Not a key id (16 lowercase hex digits)."))
+            })
+            .transpose()?;
+        let scope = q.cursor_scope("audit");
+        let cursor = q.cursor(token, &scope)?;
+        // An admin key reads only the events of keys within its reach: a key it cannot see is
+        // `404 key_not_found`, as on GET.
+        let mut visible: HashMap<KeyId, bool> = HashMap::new();
+        let prefix = match &key_id {
             None => AUDIT_PREFIX.to_owned(),
-            Some(k) => {
-                let id = KeyId::parse(k)
-                    .ok_or_else(|| invalid_field("key_id", "Not a key id (16 lowercase hex digits)."))?;
-                audit_key_prefix(&id)
+            Some(id) => {
+                if matches!(actor, Actor::Key(_)) {
+                    self.existing(actor, id.as_str()).await?;
+                    visible.insert(id.clone(), true);
+                }
+                audit_key_prefix(id)
             }
         };
         let page = self
@@ -648,15 +884,37 @@ impl<S: KvStore> AdminContext<'_, S> {
             .map_err(store_error)?;
         let mut events = Vec::new();
         for k in &page.keys {
-            if let Some(raw) = self.records.store.get(k).await.map_err(store_error)?
-                && let Ok(v) = serde_json::from_str::<Value>(&raw)
-            {
+            let Some(raw) = self.records.store.get(k).await.map_err(store_error)? else {
+                continue;
+            };
+            let Ok(event) = serde_json::from_str::<AuditEvent>(&raw) else {
+                continue;
+            };
+            if let Actor::Key(_) = actor {
+                let seen = match visible.get(&event.key_id) {
+                    Some(v) => *v,
+                    None => {
+                        // A deleted key's events cannot be placed within reach: not shown.
+                        let v = match self.records.load(&event.key_id, self.now).await {
+                            Ok(Some(r)) => actor.sees(&r),
+                            Ok(None) | Err(LookupError::Corrupt(_)) => false,
+                            Err(LookupError::Store(e)) => return Err(store_error(e)),
+                        };
+                        visible.insert(event.key_id.clone(), v);
+                        v
+                    }
+                };
+                if !seen {
+                    continue;
+                }
+            }
+            if let Ok(v) = serde_json::to_value(&event) {
                 events.push(v);
             }
         }
         ok(
             200,
-            json!({"events": events, "cursor": page.cursor.map(|c| sign_cursor(token, &c))}),
+            json!({"events": events, "cursor": page.cursor.map(|c| sign_cursor(token, &scope, &c))}),
         )
     }
 
@@ -737,42 +995,82 @@ fn changed_fields(a: &KeyRecord, b: &KeyRecord) -> Vec<String> {
 
 // ---- cursors -------------------------------------------------------------------------------
 
-/// Store cursors are opaque to clients and signed, so a forged cursor is a 422, never a store
-/// error.
-fn cursor_mac(token: &str, raw: &str) -> Vec<u8> {
+/// Store cursors are opaque to clients and signed. The MAC covers the endpoint and every
+/// filter (not `limit`, which may change between pages), so a cursor is only good where it was
+/// issued: on another endpoint, with other filters, or forged, it is `400 invalid_cursor`.
+fn cursor_mac(token: &str, scope: &str, raw: &str) -> Vec<u8> {
     let key = Sha256::digest(format!("keygate-cursor:{token}").as_bytes());
     let Ok(mut mac) = <Hmac<Sha256> as Mac>::new_from_slice(&key) else {
         return vec![];
     };
+    mac.update(scope.as_bytes());
+    mac.update(b"\n");
     mac.update(raw.as_bytes());
     mac.finalize().into_bytes().iter().take(12).copied().collect()
 }
 
-fn sign_cursor(token: &str, raw: &str) -> String {
-    format!("{}.{}", hex::encode(raw), hex::encode(cursor_mac(token, raw)))
+fn sign_cursor(token: &str, scope: &str, raw: &str) -> String {
+    format!(
+        "{}.{}",
+        hex::encode(raw),
+        hex::encode(cursor_mac(token, scope, raw))
+    )
 }
 
-fn verify_cursor(token: &str, cursor: &str) -> Option<String> {
+fn verify_cursor(token: &str, scope: &str, cursor: &str) -> Option<String> {
     let (body, mac) = cursor.split_once('.')?;
     let raw = String::from_utf8(hex::decode(body).ok()?).ok()?;
     let given = hex::decode(mac).ok()?;
-    bool::from(given.ct_eq(&cursor_mac(token, &raw))).then_some(raw)
+    let expected = cursor_mac(token, scope, &raw);
+    (!expected.is_empty() && bool::from(given.ct_eq(&expected))).then_some(raw)
 }
 
 // ---- query strings -------------------------------------------------------------------------
 
+/// A query string where every parameter is known to the endpoint and given once: anything else
+/// is `400 invalid_query` naming the parameter, so a typo never widens what a request means.
 struct Query(HashMap<String, String>);
 
+fn invalid_query(parameter: &str, detail: String) -> Problem {
+    Problem::new(400, "invalid_query", "Invalid query parameter", detail).with("parameter", json!(parameter))
+}
+
 impl Query {
-    fn parse(q: Option<&str>) -> Self {
+    fn parse(q: Option<&str>, allowed: &[&str]) -> Result<Self, Problem> {
         let mut map = HashMap::new();
         for pair in q.unwrap_or_default().split('&').filter(|p| !p.is_empty()) {
             let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
-            if let (Some(k), Some(v)) = (query_decode(k), query_decode(v)) {
-                map.entry(k).or_insert(v);
+            let Some(name) = query_decode(k) else {
+                return Err(invalid_query(
+                    k,
+                    format!("The query parameter name `{k}` is not valid percent-encoding."),
+                ));
+            };
+            if !allowed.contains(&name.as_str()) {
+                let known = if allowed.is_empty() {
+                    "This endpoint takes no query parameters.".to_owned()
+                } else {
+                    format!("Known here: {}.", allowed.join(", "))
+                };
+                return Err(invalid_query(
+                    &name,
+                    format!("Unknown query parameter `{name}`. {known}"),
+                ));
+            }
+            let Some(value) = query_decode(v) else {
+                return Err(invalid_query(
+                    &name,
+                    format!("The value of `{name}` is not valid percent-encoding."),
+                ));
+            };
+            if map.insert(name.clone(), value).is_some() {
+                return Err(invalid_query(
+                    &name,
+                    format!("The query parameter `{name}` is given more than once."),
+                ));
             }
         }
-        Query(map)
+        Ok(Query(map))
     }
 
     fn get(&self, k: &str) -> Option<&str> {
@@ -785,19 +1083,37 @@ impl Query {
             Some(l) => match l.parse::<u64>() {
                 Ok(0) | Err(_) => Err(invalid_field(
                     "limit",
-                    "Use a whole number from 1; values over 1000 are capped.",
+                    format!("Use a whole number from 1; values over {MAX_LIMIT} are capped."),
                 )),
                 Ok(n) => Ok(u32::try_from(n.min(u64::from(MAX_LIMIT))).unwrap_or(MAX_LIMIT)),
             },
         }
     }
 
-    fn cursor(&self, token: &str) -> Result<Option<String>, Problem> {
+    /// What a cursor of this request is bound to: the endpoint and every filter given.
+    fn cursor_scope(&self, endpoint: &str) -> String {
+        let mut filters: Vec<(&String, &String)> = self
+            .0
+            .iter()
+            .filter(|(k, _)| k.as_str() != "limit" && k.as_str() != "cursor")
+            .collect();
+        filters.sort();
+        json!([endpoint, filters]).to_string()
+    }
+
+    fn cursor(&self, token: &str, scope: &str) -> Result<Option<String>, Problem> {
         self.get("cursor")
             .filter(|c| !c.is_empty())
             .map(|c| {
-                verify_cursor(token, c)
-                    .ok_or_else(|| invalid_field("cursor", "Not a cursor this API returned."))
+                verify_cursor(token, scope, c).ok_or_else(|| {
+                    Problem::new(
+                        400,
+                        "invalid_cursor",
+                        "Invalid cursor",
+                        "Not a cursor this endpoint returned for these filters: use the `cursor` of the previous page with the same endpoint and filters.",
+                    )
+                    .with("parameter", json!("cursor"))
+                })
             })
             .transpose()
     }
@@ -1050,10 +1366,32 @@ const PRESETS: [(&str, i64); 5] = [
 /// Expiries further out than this are refused (100 years).
 const MAX_SECONDS: i64 = 100 * 31_536_000;
 
-/// A preset or a whole number of seconds.
+fn text_duration(s: &str) -> Option<i64> {
+    if let Some((_, n)) = PRESETS.iter().find(|(p, _)| *p == s) {
+        return Some(*n);
+    }
+    let (digits, unit) = match s.as_bytes().last()? {
+        b'm' => (s.get(..s.len() - 1)?, 60),
+        b'h' => (s.get(..s.len() - 1)?, 3600),
+        b'd' => (s.get(..s.len() - 1)?, 86_400),
+        _ => (s, 1),
+    };
+    let canonical = !digits.is_empty()
+        && digits.bytes().all(|b| b.is_ascii_digit())
+        && (digits == "0" || !digits.starts_with('0'));
+    if !canonical || digits.len() > 12 {
+        return None;
+    }
+    digits.parse::<i64>().ok()?.checked_mul(unit)
+}
+
+/// A duration as people write it: a preset (`1h`, `12h`, `1d`, `5d`, `1y`), `N` followed by
+/// `m`, `h` or `d` (`30m`, `7d`, `30d`), or whole seconds as a number (`3600`, `3600.0`) or as
+/// digits in a string (`"3600"`). `N` is digits without a sign or leading zeros. Positive (or
+/// zero, with `zero_ok`), at most 100 years.
 fn duration(v: &Value, zero_ok: bool) -> Option<i64> {
     let s = match v {
-        Value::String(s) => PRESETS.iter().find(|(p, _)| p == s).map(|(_, n)| *n)?,
+        Value::String(s) => text_duration(s)?,
         // Whole-number floats (`3600.0`) are integers to JSON Schema and to many clients.
         Value::Number(n) => n.as_i64().or_else(|| {
             n.as_f64()
@@ -1082,7 +1420,7 @@ fn expiry(
             .ok_or_else(|| {
                 invalid_field(
                     "expires_in",
-                    "Use a preset (`1h`, `12h`, `1d`, `5d`, `1y`) or a whole number of seconds above 0.",
+                    "Use a preset (`1h`, `12h`, `1d`, `5d`, `1y`), `Nm`, `Nh`, `Nd` (such as `30d`), or whole seconds above 0 (a number or digits).",
                 )
             }),
         (None, Some(at)) => match Timestamp::parse_rfc3339(at) {

@@ -51,7 +51,32 @@ impl RecordCache {
         None
     }
 
-    pub fn insert(&mut self, id: KeyId, record: Option<Rc<KeyRecord>>, now: Timestamp) {
+    /// Cache an answer. Monotonic: a record never replaces a cached copy of the same key that
+    /// holds a revocation or a rotation it lacks; those facts are merged in (a stale KV read must
+    /// not un-revoke a key here). Returns the record as cached, merged, when `record` is `Some`.
+    pub fn insert(
+        &mut self,
+        id: KeyId,
+        record: Option<Rc<KeyRecord>>,
+        now: Timestamp,
+    ) -> Option<Rc<KeyRecord>> {
+        let record = match (record, self.entries.get(&id).and_then(|e| e.record.as_ref())) {
+            (Some(new), Some(old)) => {
+                let mut merged = (*new).clone();
+                if merged.keep_monotonic_from(old) {
+                    Some(Rc::new(merged))
+                } else {
+                    Some(new)
+                }
+            }
+            (record, _) => record,
+        };
+        let answer = record.clone();
+        self.store(id, record, now);
+        answer
+    }
+
+    fn store(&mut self, id: KeyId, record: Option<Rc<KeyRecord>>, now: Timestamp) {
         self.remove(&id);
         let (ttl, negative) = match record {
             Some(_) => (self.ttl_seconds, false),
@@ -134,6 +159,24 @@ mod tests {
         assert!(matches!(c.get(&id(2), t0), Some(None)));
         assert!(c.get(&id(2), t0.plus_seconds(1)).is_none());
         assert!(c.get(&id(1), t0.plus_seconds(5)).is_none());
+    }
+
+    #[test]
+    fn a_stale_record_never_un_revokes_a_cached_one() {
+        let mut c = RecordCache::new(10, 10, 60, 1);
+        let t0 = Timestamp::from_millis(0);
+        let mut revoked = sample(&format!("{:016x}", 1));
+        revoked.revoked_at = Some(t0);
+        revoked.revoke_reason = Some("leak".into());
+        c.insert(id(1), Some(Rc::new(revoked)), t0);
+        let stale = Rc::new(sample(&format!("{:016x}", 1)));
+        let merged = c.insert(id(1), Some(stale), t0).unwrap();
+        assert!(merged.revoked_at.is_some());
+        let cached = c.get(&id(1), t0).unwrap().unwrap();
+        assert_eq!(cached.revoke_reason.as_deref(), Some("leak"));
+        // A deletion (None) still replaces it: that only tightens.
+        c.insert(id(1), None, t0);
+        assert!(matches!(c.get(&id(1), t0), Some(None)));
     }
 
     #[test]

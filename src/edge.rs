@@ -42,6 +42,8 @@ thread_local! {
     /// Parsed once per isolate: the env does not change under a running isolate.
     static GATEWAY: RefCell<Option<Result<Rc<Deployment>, String>>> = const { RefCell::new(None) };
     static CACHE: RefCell<Option<Rc<RefCell<RecordCache>>>> = const { RefCell::new(None) };
+    /// The admin API's "disabled because" line has been logged in this isolate.
+    static TOKEN_WARNED: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
 }
 
 fn deployment(env: &Env) -> Result<Rc<Deployment>, String> {
@@ -431,6 +433,12 @@ async fn admin(
         cache_ttl: None,
     };
     let token = env.secret("ADMIN_TOKEN").ok().map(|s| s.to_string());
+    if let Some(reason) = crate::admin::admin_token_weakness(token.as_deref())
+        && !TOKEN_WARNED.replace(true)
+    {
+        // Once per isolate: the reason never changes under a running isolate.
+        console_error!("admin_disabled: {reason}");
+    }
     let ctx = AdminContext::new(gateway, Records { store: &kv, cache }, token.as_deref(), now());
     let headers = RequestHeaders(req.headers());
     let request = AdminRequest {

@@ -94,6 +94,96 @@ impl KeyRecord {
     }
 }
 
+/// A revocation, as the lifecycle marker `life:{id}:revoked` holds it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Revocation {
+    pub at: Timestamp,
+    #[serde(default)]
+    pub reason: Option<String>,
+}
+
+/// A retirement by rotation, as the lifecycle marker `life:{id}:rotated` holds it: the
+/// successor, and the latest instant the retired key may still work (its grace end).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Retirement {
+    pub successor: KeyId,
+    pub expires_at: Timestamp,
+}
+
+/// The monotonic facts about a key: once true, no write path may make them false again.
+/// Each is kept in its own KV entry (see `store`), apart from the record, so that a writer of
+/// one fact can never overwrite another, and every record write re-applies them.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Lifecycle {
+    pub revoked: Option<Revocation>,
+    pub retired: Option<Retirement>,
+    pub deleted: bool,
+}
+
+impl Lifecycle {
+    /// Make `record` hold every fact here. Returns whether it changed. The marker is
+    /// authoritative for the successor; an existing revocation in the record stands (the first
+    /// revocation's time and reason win). Expiry only ever moves earlier.
+    pub fn apply(&self, record: &mut KeyRecord) -> bool {
+        let mut changed = false;
+        if let Some(r) = &self.revoked
+            && record.revoked_at.is_none()
+        {
+            record.revoked_at = Some(r.at);
+            record.revoke_reason = r.reason.clone();
+            changed = true;
+        }
+        if let Some(t) = &self.retired {
+            if record.rotated_to.as_ref() != Some(&t.successor) {
+                record.rotated_to = Some(t.successor.clone());
+                changed = true;
+            }
+            changed |= cap_expiry(record, t.expires_at);
+        }
+        changed
+    }
+}
+
+/// `expires_at = min(expires_at, at)`; a key without expiry counts as later than any instant.
+fn cap_expiry(record: &mut KeyRecord, at: Timestamp) -> bool {
+    match record.expires_at {
+        Some(e) if e <= at => false,
+        _ => {
+            record.expires_at = Some(at);
+            true
+        }
+    }
+}
+
+impl KeyRecord {
+    /// Keep the monotonic facts `older` holds (another copy of the same key) in `self`:
+    /// revocation, and retirement by rotation with its capped expiry. Used where two copies of
+    /// a record meet (the isolate cache), so a stale copy never undoes a revocation.
+    pub fn keep_monotonic_from(&mut self, older: &KeyRecord) -> bool {
+        if older.id != self.id {
+            return false;
+        }
+        let mut changed = false;
+        if older.revoked_at.is_some() && self.revoked_at.is_none() {
+            self.revoked_at = older.revoked_at;
+            self.revoke_reason = older.revoke_reason.clone();
+            changed = true;
+        }
+        if let Some(successor) = &older.rotated_to {
+            if self.rotated_to.is_none() {
+                self.rotated_to = Some(successor.clone());
+                changed = true;
+            }
+            if let Some(at) = older.expires_at {
+                changed |= cap_expiry(self, at);
+            }
+        }
+        changed
+    }
+}
+
 /// Cryptr-style tag: a lowercase slug of the name.
 pub fn slug(name: &str) -> String {
     let mut out = String::new();
@@ -160,6 +250,55 @@ pub(crate) mod tests {
         assert_eq!(r.status(now), Status::Disabled);
         r.revoked_at = Some(now);
         assert_eq!(r.status(now), Status::Revoked);
+    }
+
+    #[test]
+    fn lifecycle_facts_only_ever_tighten() {
+        let now = Timestamp::from_millis(10_000);
+        let successor = KeyId::parse("00000000000000aa").unwrap();
+        let life = Lifecycle {
+            revoked: Some(Revocation {
+                at: now,
+                reason: Some("leak".into()),
+            }),
+            retired: Some(Retirement {
+                successor: successor.clone(),
+                expires_at: now.plus_seconds(60),
+            }),
+            deleted: false,
+        };
+        let mut r = sample("0123456789abcdef");
+        assert!(life.apply(&mut r));
+        assert_eq!(r.status(now), Status::Revoked);
+        assert_eq!(r.rotated_to.as_ref(), Some(&successor));
+        assert_eq!(r.expires_at, Some(now.plus_seconds(60)));
+        assert!(!life.apply(&mut r), "idempotent");
+        // An earlier expiry stays; the first revocation stands.
+        let mut r2 = sample("0123456789abcdef");
+        r2.expires_at = Some(now);
+        r2.revoked_at = Some(Timestamp::from_millis(1));
+        life.apply(&mut r2);
+        assert_eq!(r2.expires_at, Some(now));
+        assert_eq!(r2.revoked_at, Some(Timestamp::from_millis(1)));
+    }
+
+    #[test]
+    fn a_stale_copy_never_undoes_a_revocation() {
+        let now = Timestamp::from_millis(10_000);
+        let mut revoked = sample("0123456789abcdef");
+        revoked.revoked_at = Some(now);
+        revoked.rotated_to = KeyId::parse("00000000000000aa");
+        revoked.expires_at = Some(now);
+        let mut stale = sample("0123456789abcdef");
+        assert!(stale.keep_monotonic_from(&revoked));
+        assert_eq!(stale.status(now), Status::Revoked);
+        assert_eq!(stale.expires_at, Some(now));
+        assert!(stale.rotated_to.is_some());
+        let mut other = sample("0123456789abcde0");
+        assert!(
+            !other.keep_monotonic_from(&revoked),
+            "another key's facts do not apply"
+        );
     }
 
     #[test]

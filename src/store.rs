@@ -5,6 +5,23 @@
 //! - `key:{id}`: a [`KeyRecord`] as JSON (hash only, never the key).
 //! - `audit:{inverted ms}:{event id}`: an audit event; listing the prefix gives newest first.
 //! - `audit-key:{key id}:{inverted ms}:{event id}`: the same event, indexed by key.
+//! - `life:{id}:revoked`, `life:{id}:rotated`, `life:{id}:deleted`: the key's monotonic
+//!   lifecycle facts ([`Lifecycle`]), one entry per fact so that writers of different facts
+//!   never overwrite each other. They are never removed.
+//!
+//! ## Monotonic states on KV
+//!
+//! KV has no compare-and-swap, and admin writes read a record and write the whole of it back,
+//! so a PATCH racing a revoke could write the record without its revocation. Therefore:
+//! 1. revoke, rotate and delete write their fact's marker **first**;
+//! 2. every record write ([`Records::save`]) writes the record, **then** reads the markers, and
+//!    while the record it wrote lacks a fact the markers hold, writes the merged record again
+//!    (or deletes the record, if the key was deleted).
+//!
+//! Whichever write lands last is followed by a check that saw every marker written before the
+//! write that preceded it, so in every interleaving (within one location: KV reads its own
+//! writes there) the final record holds every fact. The isolate cache merges too
+//! ([`crate::cache::RecordCache::insert`]).
 
 use std::cell::RefCell;
 use std::collections::BTreeMap;
@@ -12,7 +29,7 @@ use std::rc::Rc;
 
 use crate::cache::RecordCache;
 use crate::key::KeyId;
-use crate::record::KeyRecord;
+use crate::record::{KeyRecord, Lifecycle, Retirement, Revocation};
 use crate::time::Timestamp;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -90,6 +107,19 @@ pub fn record_key(id: &KeyId) -> String {
 
 pub const RECORD_PREFIX: &str = "key:";
 
+/// The KV key of one lifecycle fact of a key (`revoked`, `rotated`, `deleted`).
+pub fn life_key(id: &KeyId, fact: &str) -> String {
+    format!("life:{id}:{fact}")
+}
+
+/// How many times a record write re-applies newly seen lifecycle facts before giving up (each
+/// round needs a fact that appeared since the last, and there are three).
+const MAX_SAVE_ROUNDS: usize = 6;
+
+/// KV operations one [`Records::save`] may make at most: a put and three marker reads per round,
+/// plus a final delete.
+pub const SAVE_MAX_OPS: usize = MAX_SAVE_ROUNDS * 4 + 1;
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum LookupError {
     Store(StoreError),
@@ -129,8 +159,9 @@ impl<S: KvStore> Records<'_, S> {
         if record.as_ref().is_some_and(|r| &r.id != id) {
             return Err(LookupError::Corrupt(id.clone()));
         }
-        self.cache.borrow_mut().insert(id.clone(), record.clone(), now);
-        Ok(record)
+        // The cache merges: a stale read never undoes a revocation it holds.
+        let cached = self.cache.borrow_mut().insert(id.clone(), record.clone(), now);
+        Ok(cached.or(record))
     }
 
     /// Write through: the store first, then this isolate's cache, so a revocation takes effect
@@ -139,16 +170,77 @@ impl<S: KvStore> Records<'_, S> {
         let json = serde_json::to_string(&record).map_err(|e| StoreError(e.to_string()))?;
         self.store.put(&record_key(&record.id), &json).await?;
         let record = Rc::new(record);
-        self.cache
+        let cached = self
+            .cache
             .borrow_mut()
             .insert(record.id.clone(), Some(record.clone()), now);
-        Ok(record)
+        Ok(cached.unwrap_or(record))
     }
 
     pub async fn delete(&self, id: &KeyId, now: Timestamp) -> Result<(), StoreError> {
         self.store.delete(&record_key(id)).await?;
         self.cache.borrow_mut().insert(id.clone(), None, now);
         Ok(())
+    }
+
+    /// The key's lifecycle facts (three reads). A marker that does not parse counts as the fact
+    /// being true where that is the safe side: a corrupt revocation marker still revokes.
+    pub async fn lifecycle(&self, id: &KeyId) -> Result<Lifecycle, StoreError> {
+        let revoked = self.store.get(&life_key(id, "revoked")).await?.map(|raw| {
+            serde_json::from_str::<Revocation>(&raw).unwrap_or(Revocation {
+                at: Timestamp::from_millis(0),
+                reason: None,
+            })
+        });
+        let retired = self
+            .store
+            .get(&life_key(id, "rotated"))
+            .await?
+            .and_then(|raw| serde_json::from_str::<Retirement>(&raw).ok());
+        let deleted = self.store.get(&life_key(id, "deleted")).await?.is_some();
+        Ok(Lifecycle {
+            revoked,
+            retired,
+            deleted,
+        })
+    }
+
+    pub async fn mark_revoked(&self, id: &KeyId, r: &Revocation) -> Result<(), StoreError> {
+        let json = serde_json::to_string(r).map_err(|e| StoreError(e.to_string()))?;
+        self.store.put(&life_key(id, "revoked"), &json).await
+    }
+
+    pub async fn mark_retired(&self, id: &KeyId, r: &Retirement) -> Result<(), StoreError> {
+        let json = serde_json::to_string(r).map_err(|e| StoreError(e.to_string()))?;
+        self.store.put(&life_key(id, "rotated"), &json).await
+    }
+
+    pub async fn mark_deleted(&self, id: &KeyId, now: Timestamp) -> Result<(), StoreError> {
+        let json = serde_json::json!({ "at": now }).to_string();
+        self.store.put(&life_key(id, "deleted"), &json).await
+    }
+
+    /// Write a record of an existing key so that no lifecycle fact is lost: write, then read
+    /// the markers, and while the written record lacks a fact they hold, write the merged record
+    /// again. `Ok(None)`: the key was deleted meanwhile, and its record is gone again.
+    pub async fn save(&self, record: KeyRecord, now: Timestamp) -> Result<Option<Rc<KeyRecord>>, StoreError> {
+        let mut record = record;
+        for _ in 0..MAX_SAVE_ROUNDS {
+            // Check what was written to KV, not the cache's (possibly merged) copy.
+            let written = record.clone();
+            let cached = self.put(record, now).await?;
+            let life = self.lifecycle(&written.id).await?;
+            if life.deleted {
+                self.delete(&written.id, now).await?;
+                return Ok(None);
+            }
+            let mut next = written;
+            if !life.apply(&mut next) {
+                return Ok(Some(cached));
+            }
+            record = next;
+        }
+        Err(StoreError("the record did not settle; retry".into()))
     }
 }
 

@@ -182,7 +182,7 @@ pub struct WorkerOptions<'a> {
     pub policy: Option<&'a str>,
     /// KV entries written before the worker starts: (key, value).
     pub seed: &'a [(String, String)],
-    /// Start with a token too short to enable the admin API (it is then disabled).
+    /// Start with a 31-character token, too short to enable the admin API (it is then disabled).
     pub no_admin_token: bool,
 }
 
@@ -206,7 +206,7 @@ fn try_start_worker(opts: &WorkerOptions<'_>) -> Option<Worker> {
         wrangler_kv(&persist, &["put", k, v]);
     }
     let admin_token = if opts.no_admin_token {
-        "short-token-20-chars".to_owned()
+        "0123456789abcdef0123456789abcde".to_owned()
     } else {
         random_hex(24)
     };

@@ -11,6 +11,7 @@
 )]
 
 mod admin;
+mod admin_safety;
 mod attacks;
 mod gateway;
 mod harness;
@@ -227,7 +228,12 @@ fn main() {
     .collect();
 
     let mut trials = Vec::new();
-    for (name, f) in gateway::TESTS.iter().chain(admin::TESTS).chain(attacks::TESTS) {
+    for (name, f) in gateway::TESTS
+        .iter()
+        .chain(admin::TESTS)
+        .chain(admin_safety::TESTS)
+        .chain(attacks::TESTS)
+    {
         let ctx = Arc::clone(&ctx);
         let f = *f;
         trials.push(Trial::test(*name, move || {

@@ -9,6 +9,7 @@
 )]
 
 mod admin;
+mod admin_safety;
 mod decision;
 mod shipped_policy;
 
@@ -26,7 +27,7 @@ use keygate::store::{KvStore, ListPage, MemoryStore, Records, StoreError};
 use keygate::time::Timestamp;
 use serde_json::{Value, json};
 
-pub const TOKEN: &str = "test-admin-token";
+pub const TOKEN: &str = "test-admin-token-0123456789abcdef";
 pub const T0: i64 = 1_800_000_000_000;
 
 pub fn policy() -> Policy {
