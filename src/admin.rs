@@ -71,6 +71,10 @@ pub struct AdminContext<'a, S> {
     pub now: Timestamp,
     /// Orders the audit events of one request (they share a timestamp).
     audit_seq: std::cell::Cell<u32>,
+    /// Who acted, once authenticated (`admin_token` or the admin key's id), for the log.
+    actor_seen: std::cell::RefCell<Option<String>>,
+    /// One entry per audit event written: what the edge logs as `admin` lines.
+    journal: std::cell::RefCell<Vec<AuditEvent>>,
 }
 
 impl<'a, S> AdminContext<'a, S> {
@@ -86,7 +90,39 @@ impl<'a, S> AdminContext<'a, S> {
             admin_token,
             now,
             audit_seq: std::cell::Cell::new(0),
+            actor_seen: std::cell::RefCell::new(None),
+            journal: std::cell::RefCell::new(Vec::new()),
         }
+    }
+
+    /// Who acted in this request, if authentication got that far.
+    pub fn actor(&self) -> Option<String> {
+        self.actor_seen.borrow().clone()
+    }
+
+    /// The audit events this request wrote (admin writes, and denied attempts).
+    pub fn journal(&self) -> Vec<AuditEvent> {
+        self.journal.borrow().clone()
+    }
+}
+
+/// The key an admin request is about, when its path names a well-formed key id.
+pub fn target_key(path: &str) -> Option<KeyId> {
+    match endpoint(path)? {
+        Endpoint::Key(id) | Endpoint::Revoke(id) | Endpoint::Rotate(id) => KeyId::parse(&id),
+        Endpoint::Keys | Endpoint::Audit => None,
+    }
+}
+
+/// Denials worth an audit event: a bad credential, or an authenticated caller refused (scope,
+/// escalation, address, or a key outside an admin key's reach). A request with no credential
+/// at all is logged by the edge but not audited.
+fn audited_denial(p: &Problem, actor_known: bool) -> bool {
+    match p.status {
+        401 => p.code == "invalid_admin_credential" || actor_known,
+        403 => true,
+        404 => actor_known && p.code == "key_not_found",
+        _ => false,
     }
 }
 
@@ -321,6 +357,35 @@ fn endpoint(path: &str) -> Option<Endpoint> {
 
 impl<S: KvStore> AdminContext<'_, S> {
     pub async fn handle<H: HeaderSource + ?Sized>(&self, req: &AdminRequest<'_, H>) -> AdminResult {
+        let result = self.dispatch(req).await;
+        if let Err(p) = &result {
+            let actor = self.actor();
+            let mut actor_known = actor.is_some();
+            // An admin key that is real but revoked, disabled or expired: its id is the actor.
+            let name = actor.or_else(|| {
+                let (c, _) = credential::extract(&self.gateway.policy.credentials, req.headers, None);
+                let id = ApiKey::parse(&c.ok()?, &self.gateway.policy.key_prefix)?
+                    .id()
+                    .to_string();
+                actor_known = matches!(p.code, "revoked_key" | "disabled_key" | "expired_key");
+                Some(id)
+            });
+            if audited_denial(p, actor_known) {
+                self.audit_as(
+                    name.as_deref().unwrap_or("unknown"),
+                    "admin.denied",
+                    target_key(req.path).as_ref(),
+                    req.client_ip,
+                    vec![],
+                    Some(p.code),
+                )
+                .await;
+            }
+        }
+        result
+    }
+
+    async fn dispatch<H: HeaderSource + ?Sized>(&self, req: &AdminRequest<'_, H>) -> AdminResult {
         if req.path == "/admin/openapi.json" {
             return match req.method {
                 "GET" | "HEAD" => serde_json::from_str(OPENAPI)
@@ -352,6 +417,7 @@ impl<S: KvStore> AdminContext<'_, S> {
             Some(t) => t,
         };
         let actor = self.authenticate(req, token).await?;
+        *self.actor_seen.borrow_mut() = Some(actor.name());
         let ep = endpoint(req.path).ok_or_else(not_found)?;
         // The method first (405 with `Allow`), then the query string.
         let allow = match ep {
@@ -891,16 +957,20 @@ impl<S: KvStore> AdminContext<'_, S> {
                 continue;
             };
             if let Actor::Key(_) = actor {
-                let seen = match visible.get(&event.key_id) {
+                // Events about no key (denied attempts) are for the operator's token only.
+                let Some(event_key) = &event.key_id else {
+                    continue;
+                };
+                let seen = match visible.get(event_key) {
                     Some(v) => *v,
                     None => {
                         // A deleted key's events cannot be placed within reach: not shown.
-                        let v = match self.records.load(&event.key_id, self.now).await {
+                        let v = match self.records.load(event_key, self.now).await {
                             Ok(Some(r)) => actor.sees(&r),
                             Ok(None) | Err(LookupError::Corrupt(_)) => false,
                             Err(LookupError::Store(e)) => return Err(store_error(e)),
                         };
-                        visible.insert(event.key_id.clone(), v);
+                        visible.insert(event_key.clone(), v);
                         v
                     }
                 };
@@ -928,19 +998,37 @@ impl<S: KvStore> AdminContext<'_, S> {
         ip: Option<ClientIp>,
         changed: Vec<String>,
     ) {
+        self.audit_as(&actor.name(), action, Some(key_id), ip, changed, None)
+            .await;
+    }
+
+    /// Append to the audit log, under its own key and, when it is about a key, under the key's
+    /// index. Best effort: the change it records has already happened (or was refused), so a
+    /// failed audit write must not undo it.
+    async fn audit_as(
+        &self,
+        actor: &str,
+        action: &str,
+        key_id: Option<&KeyId>,
+        ip: Option<ClientIp>,
+        changed: Vec<String>,
+        code: Option<&str>,
+    ) {
         let Ok(event_id) = random_hex(8) else { return };
         let event = AuditEvent {
             id: event_id.clone(),
             at: self.now,
-            actor: actor.name(),
+            actor: actor.to_owned(),
             action: action.to_owned(),
-            key_id: key_id.clone(),
+            key_id: key_id.cloned(),
             client_ip: ip.map(|i| i.to_string()),
             changed,
+            code: code.map(str::to_owned),
         };
         let Ok(json) = serde_json::to_string(&event) else {
             return;
         };
+        self.journal.borrow_mut().push(event);
         // Newest first: inverted time, then inverted sequence within this request.
         let seq = self.audit_seq.get();
         self.audit_seq.set(seq.saturating_add(1));
@@ -954,11 +1042,13 @@ impl<S: KvStore> AdminContext<'_, S> {
             .store
             .put(&format!("{AUDIT_PREFIX}{order}"), &json)
             .await;
-        let _ = self
-            .records
-            .store
-            .put(&format!("{}{order}", audit_key_prefix(key_id)), &json)
-            .await;
+        if let Some(id) = key_id {
+            let _ = self
+                .records
+                .store
+                .put(&format!("{}{order}", audit_key_prefix(id)), &json)
+                .await;
+        }
     }
 }
 
@@ -974,9 +1064,13 @@ pub struct AuditEvent {
     pub at: Timestamp,
     pub actor: String,
     pub action: String,
-    pub key_id: KeyId,
+    /// `None` for a denied attempt that named no key.
+    pub key_id: Option<KeyId>,
     pub client_ip: Option<String>,
     pub changed: Vec<String>,
+    /// For `admin.denied`: the problem code the attempt got.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub code: Option<String>,
 }
 
 /// Names of the public fields that differ between two versions of a record.

@@ -124,6 +124,14 @@ pub struct Gateway {
     pub hasher: KeyHasher,
 }
 
+/// What the decision learned on the way, for the log line of a denial: the index of the matched
+/// route and the id of the key presented (public; never the key).
+#[derive(Debug, Default)]
+pub struct Trace {
+    pub route: std::cell::Cell<Option<usize>>,
+    pub key_id: std::cell::RefCell<Option<KeyId>>,
+}
+
 impl Gateway {
     pub async fn decide<S: KvStore, H: HeaderSource + ?Sized>(
         &self,
@@ -131,7 +139,18 @@ impl Gateway {
         records: &Records<'_, S>,
         now: Timestamp,
     ) -> Decision {
-        match self.check(req, records, now).await {
+        self.decide_traced(req, records, now, &Trace::default()).await
+    }
+
+    /// [`Gateway::decide`], noting the route and key id in `trace`.
+    pub async fn decide_traced<S: KvStore, H: HeaderSource + ?Sized>(
+        &self,
+        req: &RequestFacts<'_, H>,
+        records: &Records<'_, S>,
+        now: Timestamp,
+        trace: &Trace,
+    ) -> Decision {
+        match self.check(req, records, now, trace).await {
             Ok(Checked::Forward(f)) => Decision::Forward(f),
             Ok(Checked::Preflight(h)) => Decision::Preflight(h),
             Err(d) => Decision::Deny(d),
@@ -236,6 +255,7 @@ impl Gateway {
         req: &RequestFacts<'_, H>,
         records: &Records<'_, S>,
         now: Timestamp,
+        trace: &Trace,
     ) -> Result<Checked, Denial> {
         let canonical = self.canonical(req)?;
         if let Some(answer) = self.preflight(req, &canonical) {
@@ -256,6 +276,7 @@ impl Gateway {
                 DefaultAction::Allow => unauthenticated(),
             };
         };
+        trace.route.set(Some(route.index));
         // Before any credential or storage work: blocked addresses cost nothing.
         if !route.ip_allowlist.is_empty() && !route.ip_allowlist.admits(req.client_ip) {
             return Err(Denial::IpNotAllowed);
@@ -264,7 +285,9 @@ impl Gateway {
             return unauthenticated();
         }
         let (credential, found) = credential::extract(&self.policy.credentials, req.headers, req.query);
-        let record = self.authenticate(credential, records, now).await?;
+        let record = self
+            .authenticate_traced(credential, records, now, Some(trace))
+            .await?;
         let param = |name: &str| route.pattern.param(name, segments);
         let tenant = authorize(route, param, &record, req.client_ip)?;
         Ok(Checked::Forward(Forward {
@@ -283,12 +306,25 @@ impl Gateway {
         records: &Records<'_, S>,
         now: Timestamp,
     ) -> Result<Rc<KeyRecord>, Denial> {
+        self.authenticate_traced(credential, records, now, None).await
+    }
+
+    async fn authenticate_traced<S: KvStore>(
+        &self,
+        credential: Result<String, CredentialError>,
+        records: &Records<'_, S>,
+        now: Timestamp,
+        trace: Option<&Trace>,
+    ) -> Result<Rc<KeyRecord>, Denial> {
         let credential = credential.map_err(|e| match e {
             CredentialError::Missing => Denial::MissingKey,
             CredentialError::Malformed => Denial::MalformedKey,
             CredentialError::Ambiguous => Denial::AmbiguousKey,
         })?;
         let key = ApiKey::parse(&credential, &self.policy.key_prefix).ok_or(Denial::MalformedKey)?;
+        if let Some(t) = trace {
+            *t.key_id.borrow_mut() = Some(key.id().clone());
+        }
         let record = match records.get(key.id(), now).await {
             Ok(r) => r,
             Err(LookupError::Store(_)) => return Err(Denial::StoreUnavailable),

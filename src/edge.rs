@@ -10,10 +10,11 @@ use futures_util::StreamExt;
 use crate::admin::{AdminContext, AdminRequest, MAX_BODY};
 use crate::cache::RecordCache;
 use crate::credential::HeaderSource;
-use crate::decide::{Decision, Denial, Forward, Gateway, RequestFacts};
+use crate::decide::{Decision, Denial, Forward, Gateway, RequestFacts, Trace};
 use crate::forward::{Target, outbound_headers, outbound_query};
 use crate::ip::ClientIp;
-use crate::key::KeyHasher;
+use crate::key::{KeyHasher, KeyPrefix};
+use crate::log::{self, RequestContext};
 use crate::path::canonicalize;
 use crate::policy::Policy;
 use crate::problem::{self, Problem};
@@ -152,28 +153,77 @@ fn now() -> Timestamp {
     Timestamp::from_millis(i64::try_from(worker::Date::now().as_millis()).unwrap_or(i64::MAX))
 }
 
-fn problem_response(p: &Problem) -> worker::Result<Response> {
+/// A problem+json response carrying the request id in its body.
+fn problem_response(p: &Problem, request_id: &str) -> worker::Result<Response> {
     let headers = Headers::new();
     headers.set("Content-Type", problem::CONTENT_TYPE)?;
     for (k, v) in &p.headers {
         headers.set(k, v)?;
     }
-    Ok(Response::from_bytes(p.body().into_bytes())?
+    let body = p.clone().with("request_id", serde_json::json!(request_id)).body();
+    Ok(Response::from_bytes(body.into_bytes())?
         .with_status(p.status)
         .with_headers(headers))
 }
 
+/// Logs the problem as one JSON line (`reason` adds what an operator needs for a 5xx) and
+/// answers with it.
+fn answer(
+    ctx: &RequestContext<'_>,
+    p: &Problem,
+    route: Option<usize>,
+    key_id: Option<&str>,
+    reason: Option<&str>,
+) -> worker::Result<Response> {
+    let mut m = ctx.problem(p.code, p.status, route, key_id);
+    if let Some(r) = reason {
+        m.insert("reason".into(), serde_json::json!(r));
+    }
+    if p.status >= 500 {
+        console_error!("{}", log::line(m));
+    } else {
+        console_log!("{}", log::line(m));
+    }
+    problem_response(p, ctx.request_id)
+}
+
+/// Adds `X-Request-Id` to any response (fetched ones have immutable headers: copied).
+fn stamp(mut response: Response, request_id: &str) -> worker::Result<Response> {
+    if response.headers_mut().set("X-Request-Id", request_id).is_ok() {
+        return Ok(response);
+    }
+    with_extra_headers(response, &[("X-Request-Id", request_id.to_owned())])
+}
+
 #[event(fetch)]
 async fn fetch(req: Request, env: Env, _ctx: Context) -> worker::Result<Response> {
-    match handle(req, &env).await {
-        Ok(r) => Ok(r),
+    let cf_ray = req.headers().get("cf-ray").ok().flatten();
+    let request_id = log::request_id(cf_ray.as_deref(), || {
+        crate::key::random_hex(8).unwrap_or_else(|_| "0".repeat(16))
+    });
+    let method = req.inner().method().to_ascii_uppercase();
+    let path = req.url().map(|u| u.path().to_owned()).unwrap_or_default();
+    let response = match handle(req, &env, &request_id).await {
+        Ok(r) => r,
         Err(e) => {
-            console_error!("internal error: {e}");
-            problem_response(&problem::internal_error(
-                "The gateway failed to handle this request; it was not forwarded.",
-            ))
+            let prefix = KeyPrefix::default();
+            let ctx = RequestContext {
+                request_id: &request_id,
+                method: &method,
+                path: &path,
+                client_ip: None,
+                key_prefix: &prefix,
+            };
+            answer(
+                &ctx,
+                &problem::internal_error("The gateway failed to handle this request; it was not forwarded."),
+                None,
+                None,
+                Some(&e.to_string()),
+            )?
         }
-    }
+    };
+    stamp(response, &request_id)
 }
 
 /// `Content-Length` above 0, or any `Transfer-Encoding`: the request has a body. (workerd
@@ -199,38 +249,52 @@ fn with_extra_headers(response: Response, extra: &[(&'static str, String)]) -> w
     Ok(response.with_headers(copy))
 }
 
-async fn handle(req: Request, env: &Env) -> worker::Result<Response> {
+async fn handle(req: Request, env: &Env, request_id: &str) -> worker::Result<Response> {
+    let url = req.url()?;
+    let raw_path = url.path().to_owned();
+    // The runtime's `Method` maps unknown methods to GET; decisions use the method as sent.
+    let method = req.inner().method().to_ascii_uppercase();
+    let client_ip = req
+        .headers()
+        .get("cf-connecting-ip")?
+        .and_then(|v| ClientIp::parse(&v));
     let deployment = match deployment(env) {
         Ok(d) => d,
         Err(reason) => {
-            console_error!("policy_invalid: {reason}");
-            return problem_response(&problem::policy_invalid());
+            let prefix = KeyPrefix::default();
+            let ctx = RequestContext {
+                request_id,
+                method: &method,
+                path: &raw_path,
+                client_ip,
+                key_prefix: &prefix,
+            };
+            return answer(&ctx, &problem::policy_invalid(), None, None, Some(&reason));
         }
     };
     let gateway = &deployment.gateway;
     let policy = &gateway.policy;
-    let url = req.url()?;
-    let raw_path = url.path().to_owned();
+    let ctx = RequestContext {
+        request_id,
+        method: &method,
+        path: &raw_path,
+        client_ip,
+        key_prefix: &policy.key_prefix,
+    };
     let host = url.host_str().unwrap_or_default().to_ascii_lowercase();
     // Host and port as the URL has them (no port when it is the scheme's default).
     let authority = match url.port() {
         Some(p) => format!("{host}:{p}"),
         None => host.clone(),
     };
-    // The runtime's `Method` maps unknown methods to GET; decisions use the method as sent.
-    let method = req.inner().method().to_ascii_uppercase();
     if raw_path == "/healthz" {
         if method != "GET" && method != "HEAD" {
-            return problem_response(&problem::method_not_allowed("GET, HEAD"));
+            return answer(&ctx, &problem::method_not_allowed("GET, HEAD"), None, None, None);
         }
         return Response::from_json(
             &serde_json::json!({"status": "ok", "name": "keygate", "version": crate::VERSION}),
         );
     }
-    let client_ip = req
-        .headers()
-        .get("cf-connecting-ip")?
-        .and_then(|v| ClientIp::parse(&v));
     let cache = cache(policy);
     // The admin API: `/admin/...` as sent (its handlers validate every segment themselves), or
     // any path whose canonical form starts with `admin`, so `/%61dmin/keys` is `/admin/keys`.
@@ -245,12 +309,13 @@ async fn handle(req: Request, env: &Env) -> worker::Result<Response> {
     if let Some(admin_path) = admin_path {
         if !policy.admin.admits(&host, client_ip) {
             // Outside the fence the admin API does not exist: the answer of any unknown path.
-            return problem_response(&Problem::from_denial(&Denial::NoRoute, &policy.realm));
+            let p = Problem::from_denial(&Denial::NoRoute, &policy.realm);
+            return answer(&ctx, &p, None, None, Some("outside the admin fence"));
         }
-        return admin(req, env, gateway, &cache, &method, &admin_path, client_ip).await;
+        return admin(req, env, gateway, &cache, &ctx, &admin_path).await;
     }
     if !FORWARDABLE.contains(&method.as_str()) {
-        return problem_response(&problem::method_not_implemented());
+        return answer(&ctx, &problem::method_not_implemented(), None, None, None);
     }
 
     let kv = Kv {
@@ -271,25 +336,25 @@ async fn handle(req: Request, env: &Env) -> worker::Result<Response> {
         host: &authority,
         has_body: has_body(req.headers()),
     };
-    let decision = gateway.decide(&facts, &records, now()).await;
+    let trace = Trace::default();
+    let decision = gateway.decide_traced(&facts, &records, now(), &trace).await;
     let cors = match &decision {
         Decision::Preflight(_) => Vec::new(),
         _ => gateway.cors_headers(&facts),
     };
     match decision {
         Decision::Deny(d) => {
-            match &d {
-                Denial::StoreUnavailable => console_error!("store_unavailable on {method} {raw_path}"),
-                Denial::RecordInvalid(id) => {
-                    console_error!("record_invalid: the record of key {id} does not parse")
-                }
-                Denial::PepperMissing(id) => console_error!("pepper_missing: key {id} needs KEY_PEPPER"),
-                Denial::LoopDetected => {
-                    console_error!("loop_detected: {method} came back to this gateway; check ORIGIN")
-                }
-                _ => {}
-            }
-            with_extra_headers(problem_response(&Problem::from_denial(&d, &policy.realm))?, &cors)
+            let reason = match &d {
+                Denial::StoreUnavailable => Some("the KV read failed"),
+                Denial::RecordInvalid(_) => Some("the stored record does not parse"),
+                Denial::PepperMissing(_) => Some("the record needs KEY_PEPPER, which is not set"),
+                Denial::LoopDetected => Some("the request came back to this gateway: check ORIGIN"),
+                _ => None,
+            };
+            let key_id = trace.key_id.borrow().as_ref().map(|k| k.to_string());
+            let p = Problem::from_denial(&d, &policy.realm);
+            let response = answer(&ctx, &p, trace.route.get(), key_id.as_deref(), reason)?;
+            with_extra_headers(response, &cors)
         }
         Decision::Preflight(h) => {
             let headers = Headers::new();
@@ -301,13 +366,14 @@ async fn handle(req: Request, env: &Env) -> worker::Result<Response> {
         Decision::Forward(f) => {
             let scheme = url.scheme().to_owned();
             let query = url.query().map(str::to_owned);
+            let route = trace.route.get();
             forward(
                 req,
                 &deployment,
-                &scheme,
-                &host,
+                &ctx,
+                route,
+                (&scheme, &authority),
                 query.as_deref(),
-                client_ip,
                 f,
                 &cors,
             )
@@ -317,15 +383,15 @@ async fn handle(req: Request, env: &Env) -> worker::Result<Response> {
 }
 
 /// Forward what the gateway matched and vouches for: the canonical path, the query without
-/// keys, and the headers of `crate::forward::outbound_headers`.
+/// keys, and the headers of `crate::forward::outbound_headers`, plus the request id.
 #[allow(clippy::too_many_arguments)]
 async fn forward(
     req: Request,
     deployment: &Deployment,
-    scheme: &str,
-    authority: &str,
+    ctx: &RequestContext<'_>,
+    route: Option<usize>,
+    (scheme, authority): (&str, &str),
     query: Option<&str>,
-    client_ip: Option<ClientIp>,
     f: Forward,
     cors: &[(&'static str, String)],
 ) -> worker::Result<Response> {
@@ -338,9 +404,13 @@ async fn forward(
     let headers = Headers::new();
     let method = req.method();
     let bodiless = matches!(method, Method::Get | Method::Head);
-    for (name, value) in outbound_headers(policy, &incoming, &f, client_ip, bodiless) {
-        headers.append(&name, &value)?;
+    for (name, value) in outbound_headers(policy, &incoming, &f, ctx.client_ip, bodiless) {
+        if !name.eq_ignore_ascii_case("x-request-id") {
+            headers.append(&name, &value)?;
+        }
     }
+    // The origin can log the same id as the gateway.
+    headers.set("X-Request-Id", ctx.request_id)?;
     let body = if bodiless {
         None
     } else {
@@ -355,14 +425,24 @@ async fn forward(
     let response = match Fetch::Request(outbound).send().await {
         Ok(r) => r,
         Err(e) => {
-            console_error!("origin_unavailable: {e}");
-            return problem_response(&problem::origin_unavailable());
+            let key_id = f.principal.as_ref().map(|p| p.key_id().to_string());
+            let origin = target.split('?').next().unwrap_or_default();
+            let reason = format!("fetch {origin} failed: {e}");
+            let response = answer(
+                ctx,
+                &problem::origin_unavailable(),
+                route,
+                key_id.as_deref(),
+                Some(&reason),
+            )?;
+            return with_extra_headers(response, cors);
         }
     };
     let mut extra: Vec<(&'static str, String)> = cors.to_vec();
     if let Some(at) = f.sunset {
         extra.push(("Sunset", at.to_http_date()));
     }
+    extra.push(("X-Request-Id", ctx.request_id.to_owned()));
     with_extra_headers(response, &extra)
 }
 
@@ -408,48 +488,53 @@ async fn bounded_body(req: &mut Request) -> Result<Vec<u8>, Problem> {
     Ok(body)
 }
 
-#[allow(clippy::too_many_arguments)]
 async fn admin(
     mut req: Request,
     env: &Env,
     gateway: &Gateway,
     cache: &RefCell<RecordCache>,
-    method: &str,
+    ctx: &RequestContext<'_>,
     path: &str,
-    client_ip: Option<ClientIp>,
 ) -> worker::Result<Response> {
     let url = req.url()?;
     let query = url.query();
+    let no_store = |mut r: Response| -> worker::Result<Response> {
+        r.headers_mut().set("Cache-Control", "no-store")?;
+        Ok(r)
+    };
     let body = match bounded_body(&mut req).await {
         Ok(b) => b,
-        Err(p) => {
-            let mut r = problem_response(&p)?;
-            r.headers_mut().set("Cache-Control", "no-store")?;
-            return Ok(r);
-        }
+        Err(p) => return no_store(answer(ctx, &p, None, None, None)?),
     };
     let kv = Kv {
         inner: env.kv(KV_BINDING)?,
         cache_ttl: None,
     };
     let token = env.secret("ADMIN_TOKEN").ok().map(|s| s.to_string());
-    if let Some(reason) = crate::admin::admin_token_weakness(token.as_deref())
+    let weakness = crate::admin::admin_token_weakness(token.as_deref());
+    if let Some(reason) = weakness
         && !TOKEN_WARNED.replace(true)
     {
         // Once per isolate: the reason never changes under a running isolate.
-        console_error!("admin_disabled: {reason}");
+        let mut m = ctx.problem("admin_disabled", 503, None, None);
+        m.insert("reason".into(), serde_json::json!(reason));
+        console_error!("{}", log::line(m));
     }
-    let ctx = AdminContext::new(gateway, Records { store: &kv, cache }, token.as_deref(), now());
+    let admin = AdminContext::new(gateway, Records { store: &kv, cache }, token.as_deref(), now());
     let headers = RequestHeaders(req.headers());
     let request = AdminRequest {
-        method,
+        method: ctx.method,
         path,
         query,
         headers: &headers,
         body: &body,
-        client_ip,
+        client_ip: ctx.client_ip,
     };
-    let result = ctx.handle(&request).await;
+    let result = admin.handle(&request).await;
+    // One line per audit event written (admin writes and denied attempts).
+    for event in admin.journal() {
+        console_log!("{}", log::line(ctx.admin(&event)));
+    }
     let response = match result {
         Ok(reply) => {
             let headers = Headers::new();
@@ -463,13 +548,17 @@ async fn admin(
             response.with_status(reply.status).with_headers(headers)
         }
         Err(p) => {
+            let target = crate::admin::target_key(path).map(|k| k.to_string());
+            let mut m = ctx.problem(p.code, p.status, None, target.as_deref());
+            m.insert("actor".into(), serde_json::json!(admin.actor()));
             if p.status >= 500 {
-                console_log!("admin {method} {path}: {} {}: {}", p.status, p.code, p.detail);
+                m.insert("reason".into(), serde_json::json!(p.detail));
+                console_error!("{}", log::line(m));
+            } else {
+                console_log!("{}", log::line(m));
             }
-            problem_response(&p)?
+            problem_response(&p, ctx.request_id)?
         }
     };
-    let mut response = response;
-    response.headers_mut().set("Cache-Control", "no-store")?;
-    Ok(response)
+    no_store(response)
 }

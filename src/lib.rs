@@ -8,6 +8,7 @@ pub mod decide;
 pub mod forward;
 pub mod ip;
 pub mod key;
+pub mod log;
 pub mod path;
 pub mod policy;
 pub mod problem;

@@ -283,6 +283,19 @@ impl Worker {
     pub fn log(&self) -> String {
         self.group.log_tail()
     }
+
+    /// The JSON log lines the worker wrote so far (wrangler wraps them in colour codes).
+    pub fn json_logs(&self) -> Vec<Value> {
+        let text = std::fs::read_to_string(self.persist.join("wrangler.log")).unwrap_or_default();
+        text.lines()
+            .filter_map(|l| {
+                let start = l.find("{\"")?;
+                let end = l.rfind('}')?;
+                serde_json::from_str::<Value>(l.get(start..=end)?).ok()
+            })
+            .filter(|v| v.get("event").is_some())
+            .collect()
+    }
 }
 
 impl Drop for Worker {

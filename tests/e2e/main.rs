@@ -15,6 +15,7 @@ mod admin_safety;
 mod attacks;
 mod gateway;
 mod harness;
+mod operations;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -233,6 +234,7 @@ fn main() {
         .chain(admin::TESTS)
         .chain(admin_safety::TESTS)
         .chain(attacks::TESTS)
+        .chain(operations::TESTS)
     {
         let ctx = Arc::clone(&ctx);
         let f = *f;

@@ -32,7 +32,7 @@ fn token_may_purge_a_corrupt_record() {
 #[test]
 fn errors_write_nothing() {
     let w = World::new();
-    let before = w.store.snapshot();
+    let before = w.keys_state();
     for body in [
         json!({"name": "x", "scopes": ["ok", "bad*"]}),
         json!({"name": "x", "scopes": ["a"], "ip_allowlist": ["10.0.0.1/8"]}),
@@ -49,7 +49,14 @@ fn errors_write_nothing() {
             .status,
         401
     );
-    assert_eq!(w.store.snapshot(), before);
+    assert_eq!(w.keys_state(), before);
+    // Only the bad credential is audited, as a denied attempt; invalid input is not.
+    let events = w.audit_events();
+    assert_eq!(events.len(), 1, "{events:?}");
+    assert_eq!(events[0]["action"], "admin.denied");
+    assert_eq!(events[0]["code"], "invalid_admin_credential");
+    assert_eq!(events[0]["actor"], "unknown");
+    assert!(events[0]["key_id"].is_null());
 }
 
 #[test]

@@ -228,7 +228,7 @@ const INSIDE: Option<&str> = Some("10.1.2.3");
 fn reach_an_admin_key_cannot_lift_its_own_limits() {
     let w = World::new();
     let (admin, admin_id) = fenced_admin(&w);
-    let before = w.store.snapshot();
+    let before = w.keys_state();
     for body in [
         json!({"ip_allowlist": []}),
         json!({"ip_allowlist": ["0.0.0.0/0"]}),
@@ -251,7 +251,19 @@ fn reach_an_admin_key_cannot_lift_its_own_limits() {
         );
         assert_eq!(code(r), (403, "scope_escalation".into()), "{body}");
     }
-    assert_eq!(w.store.snapshot(), before, "an escalation wrote something");
+    assert_eq!(w.keys_state(), before, "an escalation wrote something");
+    let denied: Vec<_> = w
+        .audit_events()
+        .into_iter()
+        .filter(|e| e["action"] == "admin.denied")
+        .collect();
+    assert!(!denied.is_empty(), "escalations are audited");
+    assert!(
+        denied
+            .iter()
+            .all(|e| e["code"] == "scope_escalation" && e["actor"] == admin_id.as_str()),
+        "{denied:?}"
+    );
     // Narrowing itself is fine.
     let r = one(
         &w,
@@ -407,7 +419,7 @@ fn reads_follow_reach_and_writes_beyond_it_are_not_found() {
         (404, "key_not_found".into())
     );
     // Writes beyond reach: not found, nothing written.
-    let before = w.store.snapshot();
+    let before = w.keys_state();
     for (m, p, b) in [
         (
             "PATCH",
@@ -424,7 +436,7 @@ fn reads_follow_reach_and_writes_beyond_it_are_not_found() {
             "{m} {p}"
         );
     }
-    assert_eq!(w.store.snapshot(), before);
+    assert_eq!(w.keys_state(), before);
     // The token keeps full reach.
     assert_eq!(
         code(one(
@@ -667,7 +679,7 @@ fn unknown_or_repeated_query_parameters_are_refused() {
     let w = World::new();
     let (_, rec) = w.issue(json!({"name": "k", "scopes": ["a"]}));
     let id = rec["id"].as_str().unwrap().to_owned();
-    let before = w.store.snapshot();
+    let before = w.keys_state();
     for (m, p, param) in [
         ("GET", "/admin/keys?tenant=acme".to_owned(), "tenant"),
         ("GET", "/admin/keys?Status=revoked".to_owned(), "Status"),
@@ -687,7 +699,7 @@ fn unknown_or_repeated_query_parameters_are_refused() {
         assert_eq!(e.extra["parameter"], param, "{p}");
         assert!(e.detail.contains(param), "{}", e.detail);
     }
-    assert_eq!(w.store.snapshot(), before, "a refused request wrote something");
+    assert_eq!(w.keys_state(), before, "a refused request wrote something");
     // An unsupported method is still 405 with Allow, whatever the query string.
     for (m, p) in [
         ("TRACE", "/admin/keys?limit=5".to_owned()),

@@ -55,6 +55,25 @@ impl World<MemoryStore> {
     pub fn new() -> Self {
         World::with_store(MemoryStore::new())
     }
+
+    /// Everything in KV but the audit log: what a refused request must leave untouched.
+    pub fn keys_state(&self) -> std::collections::BTreeMap<String, String> {
+        self.store
+            .snapshot()
+            .into_iter()
+            .filter(|(k, _)| !k.starts_with("audit:") && !k.starts_with("audit-key:"))
+            .collect()
+    }
+
+    /// The audit events in KV (global log), newest first.
+    pub fn audit_events(&self) -> Vec<Value> {
+        self.store
+            .snapshot()
+            .into_iter()
+            .filter(|(k, _)| k.starts_with("audit:"))
+            .map(|(_, v)| serde_json::from_str(&v).unwrap())
+            .collect()
+    }
 }
 
 impl Default for World<MemoryStore> {
