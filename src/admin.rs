@@ -117,11 +117,12 @@ pub fn target_key(path: &str) -> Option<KeyId> {
 /// Denials worth an audit event: a bad credential, or an authenticated caller refused (scope,
 /// escalation, address, or a key outside an admin key's reach). A request with no credential
 /// at all is logged by the edge but not audited.
-fn audited_denial(p: &Problem, actor_known: bool) -> bool {
+fn audited_denial(p: &Problem, actor: Option<&str>) -> bool {
     match p.status {
-        401 => p.code == "invalid_admin_credential" || actor_known,
+        401 => p.code == "invalid_admin_credential" || actor.is_some(),
         403 => true,
-        404 => actor_known && p.code == "key_not_found",
+        // For an admin key, "not found" may mean "outside its reach"; for the token it does not.
+        404 => actor.is_some_and(|a| a != "admin_token") && p.code == "key_not_found",
         _ => false,
     }
 }
@@ -370,7 +371,7 @@ impl<S: KvStore> AdminContext<'_, S> {
                 actor_known = matches!(p.code, "revoked_key" | "disabled_key" | "expired_key");
                 Some(id)
             });
-            if audited_denial(p, actor_known) {
+            if audited_denial(p, name.as_deref().filter(|_| actor_known)) {
                 self.audit_as(
                     name.as_deref().unwrap_or("unknown"),
                     "admin.denied",
@@ -804,14 +805,63 @@ impl<S: KvStore> AdminContext<'_, S> {
             .put(new_record, self.now)
             .await
             .map_err(store_error)?;
+        // Re-read the old key just before retiring it: a PATCH that disabled or narrowed it
+        // since it was read must not be undone, nor its old grants handed to the successor.
+        // (KV has no compare-and-swap, so this narrows the window rather than closing it; the
+        // registry Durable Object serialises these writes.)
+        let fresh = match self.records.load(&old.id, self.now).await {
+            Ok(Some(r)) => r,
+            Ok(None) => {
+                let _ = self.records.delete(&new_record.id, self.now).await;
+                return Err(key_not_found());
+            }
+            Err(e) => {
+                let _ = self.records.delete(&new_record.id, self.now).await;
+                return Err(lookup_error(e));
+            }
+        };
+        let same_grants = fresh.enabled == old.enabled
+            && fresh.revoked_at == old.revoked_at
+            && fresh.rotated_to == old.rotated_to
+            && fresh.scopes == old.scopes
+            && fresh.ip_allowlist == old.ip_allowlist
+            && fresh.tenants == old.tenants
+            && fresh.expires_at == old.expires_at;
+        if !same_grants {
+            let _ = self.records.delete(&new_record.id, self.now).await;
+            return Err(Problem::new(
+                409,
+                "key_changed",
+                "Key changed",
+                "The key changed while it was being rotated; nothing was rotated. Read it again and retry.",
+            ));
+        }
         // The fact first, then the old record.
-        let mut retired = (*old).clone();
+        let mut retired = (*fresh).clone();
         retired.updated_at = self.now;
         let result = match self.records.mark_retired(&old.id, &retirement).await {
-            Ok(()) => {
-                retirement_of(&retirement, &mut retired);
-                self.records.save(retired, self.now).await
-            }
+            Ok(()) => match self.records.lifecycle(&old.id).await {
+                // Another rotation wrote its successor over ours: it won, this one backs out.
+                Ok(life)
+                    if life
+                        .retired
+                        .as_ref()
+                        .is_some_and(|r| r.successor != retirement.successor) =>
+                {
+                    let _ = self.records.delete(&new_record.id, self.now).await;
+                    return Err(Problem::new(
+                        409,
+                        "already_rotated",
+                        "Already rotated",
+                        "This key was rotated by another request at the same time; rotate its successor.",
+                    ));
+                }
+                Ok(_) => {
+                    retirement_of(&retirement, &mut retired);
+                    self.records.save(retired, self.now).await
+                }
+                Err(e) => Err(e),
+            },
             Err(e) => Err(e),
         };
         match result {

@@ -6,7 +6,7 @@ use std::rc::Rc;
 
 use crate::credential::{self, CredentialError, Found, HeaderSource};
 use crate::ip::ClientIp;
-use crate::key::{ApiKey, Environment, HashError, KeyHasher, KeyId};
+use crate::key::{ApiKey, Environment, HashError, KeyHasher, KeyId, contains_key_like};
 use crate::path::{self, CanonicalPath};
 use crate::policy::{Cors, DefaultAction, Policy, Route};
 use crate::record::{KeyRecord, Status};
@@ -42,6 +42,8 @@ pub enum Denial {
     MisdirectedRequest,
     /// The path fails canonicalisation (`crate::path`).
     InvalidPath,
+    /// The path holds something shaped like one of this gateway's keys.
+    KeyInPath,
     /// A `GET` or `HEAD` with a body.
     BodyNotAllowed,
     /// A CORS preflight from an origin the route does not allow.
@@ -176,6 +178,14 @@ impl Gateway {
             return Err(Denial::MisdirectedRequest);
         }
         let canonical = path::canonicalize(req.path, policy.path_rules).map_err(|_| Denial::InvalidPath)?;
+        // A key never travels in a URL path: refused before it could reach the origin or a log.
+        if canonical
+            .segments
+            .iter()
+            .any(|s| contains_key_like(s, &policy.key_prefix))
+        {
+            return Err(Denial::KeyInPath);
+        }
         if req.has_body && (req.method == "GET" || req.method == "HEAD") {
             return Err(Denial::BodyNotAllowed);
         }
@@ -196,7 +206,7 @@ impl Gateway {
         };
         match self
             .policy
-            .route(req.method, &canonical.segments)
+            .route(req.method, canonical.matched())
             .and_then(|r| r.cors.as_ref())
         {
             Some(cors) if cors.allows_origin(&origin) => {
@@ -227,7 +237,7 @@ impl Gateway {
             .header("access-control-request-method")?
             .trim()
             .to_ascii_uppercase();
-        let route = self.policy.route(&wanted, &canonical.segments)?;
+        let route = self.policy.route(&wanted, canonical.matched())?;
         let cors = route.cors.as_ref()?;
         if !route.ip_allowlist.is_empty() && !route.ip_allowlist.admits(req.client_ip) {
             return Some(Err(Denial::IpNotAllowed));
@@ -261,7 +271,7 @@ impl Gateway {
         if let Some(answer) = self.preflight(req, &canonical) {
             return answer;
         }
-        let segments = &canonical.segments;
+        let segments = canonical.matched();
         let unauthenticated = || {
             Ok(Checked::Forward(Forward {
                 path: canonical.encoded(self.policy.path_rules),

@@ -409,8 +409,9 @@ async fn forward(
             headers.append(&name, &value)?;
         }
     }
-    // The origin can log the same id as the gateway.
+    // The origin can log the same id as the gateway, and knows the scheme the client used.
     headers.set("X-Request-Id", ctx.request_id)?;
+    headers.set("X-Forwarded-Proto", scheme)?;
     let body = if bodiless {
         None
     } else {

@@ -7,11 +7,11 @@
 //!   - `Host` (the runtime sets it from the target URL);
 //!   - every name that reads as `x-key-*` once lowercased with `_` and `.` taken as `-`
 //!     (`X_Key_Scopes`, `X-Key.Tenant`), because CGI, WSGI and PHP origins read them so;
-//!   - method-override and URL-rewrite headers ([`REWRITE_HEADERS`], plus the policy's
-//!     `forwarding.strip_headers`), compared the same way;
+//!   - method-override, URL-rewrite and forwarded-URL headers ([`REWRITE_HEADERS`], plus the
+//!     policy's `forwarding.strip_headers`), compared the same way;
 //!   - the client-address headers ([`CLIENT_ADDRESS_HEADERS`]) unless the policy keeps them;
-//!   - the header that carried the credential, and any header whose value holds something
-//!     shaped like one of this gateway's keys, on every route;
+//!   - the header that carried the credential, and any header whose name or value holds
+//!     something shaped like one of this gateway's keys (also percent-encoded), on every route;
 //!   - the hop header, which is re-added with this gateway's realm appended;
 //!   - on `GET` and `HEAD`, which never carry a body, the headers that describe one;
 //! - the principal headers on authenticated routes: `X-Key-Id`, `X-Key-Scopes`,
@@ -22,17 +22,21 @@
 
 use crate::decide::{Forward, HOP_HEADER};
 use crate::ip::ClientIp;
-use crate::key::contains_key_like;
-use crate::path::percent_decode;
+use crate::key::{KeyPrefix, contains_key_like};
 use crate::policy::{Policy, normalize_header_name};
 
-/// Headers that make framework origins change the method or the path they act on.
-pub const REWRITE_HEADERS: [&str; 5] = [
+/// Headers that make framework origins change the method, the path, or the URLs they build.
+pub const REWRITE_HEADERS: [&str; 10] = [
     "x-http-method-override",
     "x-http-method",
     "x-method-override",
+    "x-original-method",
     "x-original-url",
     "x-rewrite-url",
+    "x-forwarded-host",
+    "x-forwarded-proto",
+    "x-forwarded-port",
+    "x-forwarded-prefix",
 ];
 
 /// Headers that claim a client address. Replaced by the address the gateway checked.
@@ -111,21 +115,60 @@ impl Target {
     }
 }
 
+/// Percent-decodes what decodes and keeps the rest literally (`%zz` stays `%zz`, bytes that are
+/// not UTF-8 become U+FFFD), as lenient origin decoders do.
+fn lenient_decode(s: &str) -> String {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while let Some(&c) = b.get(i) {
+        let hex = |j: usize| b.get(j).and_then(|&h| char::from(h).to_digit(16));
+        match (c, hex(i + 1), hex(i + 2)) {
+            (b'%', Some(hi), Some(lo)) => {
+                out.push(u8::try_from(hi * 16 + lo).unwrap_or(b'?'));
+                i += 3;
+            }
+            _ => {
+                out.push(c);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// Does `text` hold a key-shaped string, as sent or after any number of lenient decodings
+/// (`%5F`, `%255F`, a stray `%zz` beside it)?
+pub fn holds_key(text: &str, prefix: &KeyPrefix) -> bool {
+    if !text.contains('%') && !text.contains('+') {
+        return contains_key_like(text, prefix);
+    }
+    let mut current = text.replace('+', " ");
+    // Each round that changes something shortens the text, so this ends.
+    loop {
+        if contains_key_like(&current, prefix) {
+            return true;
+        }
+        let next = lenient_decode(&current);
+        if next == current {
+            return false;
+        }
+        current = next;
+    }
+}
+
 /// The query string the origin receives: without the credential parameter (when the policy
-/// reads keys from the query) and without any parameter whose value holds a key-shaped string.
+/// reads keys from the query) and without any parameter whose name or value holds a key-shaped
+/// string, in any encoding.
 pub fn outbound_query(policy: &Policy, query: Option<&str>) -> Option<String> {
     let q = query?;
     let param = policy.credentials.query_param.as_deref();
     let prefix = &policy.key_prefix;
-    let holds_key = |s: &str| {
-        contains_key_like(s, prefix)
-            || percent_decode(&s.replace('+', " ")).is_some_and(|d| contains_key_like(&d, prefix))
-    };
     let kept: Vec<&str> = q
         .split('&')
         .filter(|pair| {
             let name = pair.split_once('=').map_or(*pair, |(k, _)| k);
-            Some(name) != param && !holds_key(pair)
+            Some(name) != param && !holds_key(pair, prefix)
         })
         .collect();
     let out = kept.join("&");
@@ -166,7 +209,8 @@ pub fn outbound_headers(
             || (!keep_addresses && CLIENT_ADDRESS_HEADERS.contains(&norm.as_str()))
             || (fwd.credential.in_bearer_header && norm == creds.bearer_header)
             || (fwd.credential.in_api_key_header && norm == creds.api_key_header)
-            || contains_key_like(value, &policy.key_prefix);
+            || holds_key(name, &policy.key_prefix)
+            || holds_key(value, &policy.key_prefix);
         if !drop {
             out.push((name.clone(), value.clone()));
         }
@@ -326,6 +370,24 @@ mod tests {
             Some("a=1&b=2".into())
         );
         assert_eq!(outbound_query(&p, Some(&format!("t={KEY}"))), None);
+        let enc = KEY.replace('_', "%5F");
+        for q in [
+            format!("t={enc}%zz"),
+            format!("t={enc}%ff"),
+            format!("t={}", KEY.replace('_', "%255F")),
+            format!("{enc}%zz=1"),
+        ] {
+            assert_eq!(
+                outbound_query(&p, Some(&format!("a=1&{q}"))),
+                Some("a=1".into()),
+                "{q}"
+            );
+        }
+        let odd = h(&[(KEY, "1"), ("Cookie", &format!("s={enc}")), ("X-Ok", "100%zz")]);
+        assert_eq!(
+            names(&outbound_headers(&p, &odd, &public_forward(), None, false)),
+            ["x-ok", "keygate-hop"]
+        );
         let with_param = policy(json!({"credentials": {"query_param": "api_key"}}));
         assert_eq!(
             outbound_query(&with_param, Some("api_key=x&q=1")),

@@ -37,12 +37,49 @@ pub struct PathRules {
     pub allow_semicolon: bool,
 }
 
-/// A request path after canonicalisation: the decoded segments routes are matched on.
+/// A request path after canonicalisation: the decoded segments, re-encoded for the origin, and
+/// what routes are matched on ([`CanonicalPath::matched`]).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CanonicalPath<'a> {
     pub segments: Vec<Cow<'a, str>>,
+    /// With matrix parameters allowed and present: each segment without its `;params`, which is
+    /// what Tomcat, Spring, Jetty and JAX-RS route on. `None` when no segment has a `;`.
+    pub names: Option<Vec<Cow<'a, str>>>,
     /// The raw path ended in `/` (after at least one segment).
     pub trailing_slash: bool,
+}
+
+impl<'a> CanonicalPath<'a> {
+    /// The segments routes are matched on, and path parameters read from: the segments, minus
+    /// any matrix parameters.
+    pub fn matched(&self) -> &[Cow<'a, str>] {
+        self.names.as_deref().unwrap_or(&self.segments)
+    }
+}
+
+/// Characters that some origin, file system or normaliser (NFKC, IIS, Windows) reads as `.`,
+/// `/` or `\`: refused inside segments like the real ones.
+const LOOKALIKES: [char; 12] = [
+    '\u{FF0E}', // fullwidth full stop
+    '\u{FE52}', // small full stop
+    '\u{2024}', // one dot leader
+    '\u{FF0F}', // fullwidth solidus
+    '\u{2215}', // division slash
+    '\u{2044}', // fraction slash
+    '\u{29F8}', // big solidus
+    '\u{FF3C}', // fullwidth reverse solidus
+    '\u{2216}', // set minus
+    '\u{29F9}', // big reverse solidus
+    '\u{FE68}', // small reverse solidus
+    '\u{3002}', // ideographic full stop
+];
+
+/// Unicode format characters (category Cf): invisible, and stripped by some normalisers.
+fn is_format(c: char) -> bool {
+    matches!(c as u32,
+        0xAD | 0x600..=0x605 | 0x61C | 0x6DD | 0x70F | 0x180E | 0x200B..=0x200F | 0x202A..=0x202E
+            | 0x2060..=0x2064 | 0x2066..=0x206F | 0xFEFF | 0xFFF9..=0xFFFB | 0x110BD | 0x1D173..=0x1D17A
+            | 0xE0001 | 0xE0020..=0xE007F)
 }
 
 /// Percent-decodes; `None` for a bad escape or a result that is not UTF-8.
@@ -66,12 +103,23 @@ pub fn percent_decode(s: &str) -> Option<Cow<'_, str>> {
 
 fn check_segment(s: &str, rules: PathRules) -> Result<(), PathError> {
     // With matrix parameters, Tomcat and others read `..;x=1` as `..`: the part before the
-    // first `;` is the segment that counts.
+    // first `;` is the segment that counts, and it may not be empty.
     let name = s.split(';').next().unwrap_or(s);
-    if name == "." || name == ".." {
+    // `.`, `..`, and what Windows and IIS trim to them (`..%20`, `...`, `. .`).
+    if !name.is_empty() && name.chars().all(|c| c == '.' || c == ' ') {
         return Err(PathError::DotSegment);
     }
-    let bad = |c: char| c == '/' || c == '\\' || (c == ';' && !rules.allow_semicolon) || c.is_control();
+    if name.is_empty() && s.contains(';') {
+        return Err(PathError::ForbiddenCharacter);
+    }
+    let bad = |c: char| {
+        c == '/'
+            || c == '\\'
+            || (c == ';' && !rules.allow_semicolon)
+            || c.is_control()
+            || is_format(c)
+            || LOOKALIKES.contains(&c)
+    };
     if s.contains(bad) {
         return Err(PathError::ForbiddenCharacter);
     }
@@ -104,8 +152,18 @@ pub fn canonicalize(raw: &str, rules: PathRules) -> Result<CanonicalPath<'_>, Pa
         segments.push(decoded);
     }
     let trailing_slash = !segments.is_empty() && raw.ends_with('/');
+    let names = (rules.allow_semicolon && segments.iter().any(|s| s.contains(';'))).then(|| {
+        segments
+            .iter()
+            .map(|s| match s.split_once(';') {
+                Some((name, _)) => Cow::Owned(name.to_owned()),
+                None => s.clone(),
+            })
+            .collect()
+    });
     Ok(CanonicalPath {
         segments,
+        names,
         trailing_slash,
     })
 }
@@ -206,6 +264,15 @@ mod tests {
             "/public/a%7Fb",
             "/public/a%C2%85b",
             "/public/%2525252F",
+            "/public/%EF%BC%8E%EF%BC%8E/internal",
+            "/public/a%EF%BC%8Fb",
+            "/public/a%E2%88%95b",
+            "/public/..%20",
+            "/public/...",
+            "/public/.%20.",
+            "/public/a%E2%80%AEb",
+            "/public/a%E2%80%8Bb",
+            "/public/%25EF%25BC%258E%25EF%25BC%258E",
         ] {
             assert!(canonicalize(raw, STRICT).is_err(), "{raw}");
         }
@@ -232,6 +299,12 @@ mod tests {
         assert_eq!(canonicalize("/a/.;x=1/b", open), Err(PathError::DotSegment));
         assert_eq!(canonicalize("/a/%2e%2e;x/b", open), Err(PathError::DotSegment));
         assert!(canonicalize("/a/..x;y/b", open).is_ok());
+        // Routes see the segment without its parameters; the origin gets them.
+        let p = canonicalize("/licenses;x/1;v=2/", open).unwrap();
+        assert_eq!(p.matched(), ["licenses", "1"]);
+        assert_eq!(p.encoded(open), "/licenses;x/1;v=2/");
+        assert_eq!(canonicalize("/a/;x/b", open), Err(PathError::ForbiddenCharacter));
+        assert_eq!(canonicalize("/a/b", open).unwrap().names, None);
         assert!(canonicalize("/a/%2e%2e/b", open).is_err());
     }
 
@@ -261,6 +334,7 @@ mod tests {
                     let again = canonicalize(&forwarded, rules).expect("the forwarded path is canonical");
                     prop_assert_eq!(&again.segments, &p.segments);
                     prop_assert_eq!(again.encoded(rules), forwarded.clone());
+                    prop_assert_eq!(p.matched().len(), p.segments.len());
                     for s in forwarded.split('/').chain(p.segments.iter().map(|s| s.as_ref())) {
                         let name = s.split(';').next().unwrap_or(s);
                         prop_assert!(name != "." && name != "..");

@@ -84,6 +84,12 @@ impl Problem {
                 "Invalid path",
                 "The path has an invalid percent-encoding, or a segment that is `.` or `..` or holds `/`, `\\`, `;` or a control character, in some encoding.",
             ),
+            Denial::KeyInPath => Problem::new(
+                400,
+                "key_in_path",
+                "Key in path",
+                "The path holds an API key. Send keys only in the Authorization or X-API-Key header; this one may have been logged by a proxy on the way and should be rotated.",
+            ),
             Denial::BodyNotAllowed => Problem::new(
                 400,
                 "body_not_allowed",

@@ -33,6 +33,14 @@ pub const TESTS: &[Test] = &[
         path_tenants_cannot_be_crossed,
     ),
     (
+        "attacks::path_matrix_parameters_cannot_dodge_a_route",
+        path_matrix_parameters_cannot_dodge_a_route,
+    ),
+    (
+        "attacks::path_lookalikes_and_keys_are_refused",
+        path_lookalikes_and_keys_are_refused,
+    ),
+    (
         "attacks::target_host_header_never_chooses_it",
         target_host_header_never_chooses_it,
     ),
@@ -254,6 +262,71 @@ fn path_tenants_cannot_be_crossed(c: &Ctx) {
     assert_eq!(seen["headers"]["x-key-tenant"], "acme");
 }
 
+fn path_matrix_parameters_cannot_dodge_a_route(c: &Ctx) {
+    // The edge worker allows `;` and forwards unmatched paths (default allow): a route is still
+    // matched on the segment without its parameters, as Tomcat and Spring read it.
+    let m = marker();
+    for (path, code) in [
+        ("/licenses;x/1", "missing_key"),
+        ("/licenses;jsessionid=1/1", "missing_key"),
+        ("/licenses/1;v=2", "missing_key"),
+    ] {
+        let r = raw(&c.edge.base, "GET", &format!("{path}?{m}"), &[]);
+        assert_eq!((r.status, r.code().as_str()), (401, code), "{path}: {}", r.body);
+    }
+    let r = raw(
+        &c.edge.base,
+        "GET",
+        &format!("/internal;/x?{m}"),
+        &[("CF-Connecting-IP", "8.8.8.8")],
+    );
+    assert_eq!((r.status, r.code().as_str()), (403, "ip_not_allowed"));
+    assert!(c.origin.received(&m).is_empty());
+    // With a key, the origin gets the parameters it needs, and the route's principal.
+    let r = edge_admin(
+        c,
+        "POST",
+        "/admin/keys",
+        json!({"name": "m", "scopes": ["license:read"]}),
+    );
+    let key = r.json()["key"].as_str().unwrap().to_owned();
+    let r = raw(&c.edge.base, "GET", "/licenses;x/1", &[("X-API-Key", &key)]);
+    let seen = r.echoed();
+    assert_eq!(seen["path"], "/licenses;x/1");
+    assert!(seen["headers"]["x-key-id"].is_string());
+}
+
+fn path_lookalikes_and_keys_are_refused(c: &Ctx) {
+    let m = marker();
+    for path in [
+        "/public/%EF%BC%8E%EF%BC%8E/internal/x",
+        "/public/a%EF%BC%8Fb",
+        "/public/a%E2%88%95b",
+        "/public/..%20/x",
+        "/public/.../x",
+        "/public/a%E2%80%AEb",
+        "/public/a%E2%80%8Bb",
+    ] {
+        let r = raw(&c.main.base, "GET", &format!("{path}?{m}"), &[]);
+        assert_eq!(
+            (r.status, r.code().as_str()),
+            (400, "invalid_path"),
+            "{path}: {}",
+            r.body
+        );
+    }
+    let (key, _) = c.key_with(&["license:read"]);
+    for path in [
+        format!("/public/{key}"),
+        format!("/public/x{}", key.replace('_', "%5F")),
+    ] {
+        let r = raw(&c.main.base, "GET", &format!("{path}?{m}"), &[]);
+        assert_eq!((r.status, r.code().as_str()), (400, "key_in_path"), "{path}");
+        assert!(!r.body.contains(&key[8..40]));
+    }
+    assert!(c.origin.received(&m).is_empty());
+}
+
 // ---- 2. the forward target ----------------------------------------------------------------
 
 fn target_host_header_never_chooses_it(c: &Ctx) {
@@ -378,8 +451,17 @@ fn key_carriers(key: &str) -> Vec<(Vec<(String, String)>, String)> {
         (h("X_API_Key", key.to_owned()), String::new()),
         (h("Cookie", format!("session=1; apikey={key}")), String::new()),
         (h("X-Anything", format!("token {key}")), String::new()),
+        (
+            h("Cookie", format!("s={}", key.replace('_', "%5F"))),
+            String::new(),
+        ),
+        (h(key, "1".to_owned()), String::new()),
         (vec![], format!("api_key={key}")),
         (vec![], format!("token=x&k={}", key.replace('_', "%5F"))),
+        (vec![], format!("t={}%zz", key.replace('_', "%5F"))),
+        (vec![], format!("t={}%ff", key.replace('_', "%5F"))),
+        (vec![], format!("t={}", key.replace('_', "%255F"))),
+        (vec![], format!("{}%zz=1", key.replace('_', "%5F"))),
     ]
 }
 
@@ -513,6 +595,9 @@ fn headers_rewrite_overrides_are_stripped(c: &Ctx) {
         ("X-Original-URL", "/admin/delete-everything"),
         ("X-Rewrite-URL", "/admin/delete-everything"),
         ("X.Original.URL", "/admin/delete-everything"),
+        ("X-Original-Method", "DELETE"),
+        ("X-Forwarded-Host", "delete-everything.example"),
+        ("X-Forwarded-Prefix", "/admin/delete-everything"),
     ];
     let mut hs = overrides.to_vec();
     hs.push(("Authorization", &bearer));
