@@ -13,11 +13,11 @@
 use std::collections::HashMap;
 use std::rc::Rc;
 
-use hmac::{Hmac, Mac};
+use chacha20poly1305::aead::{Aead, KeyInit, Payload};
+use chacha20poly1305::{ChaCha20Poly1305, Nonce};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value, json};
 use sha2::{Digest, Sha256};
-use subtle::ConstantTimeEq;
 
 use crate::credential::{self, HeaderSource};
 use crate::decide::{Denial, Gateway, key_ip_allowed};
@@ -964,7 +964,7 @@ impl<S: KvStore> AdminContext<'_, S> {
         }
         ok(
             200,
-            json!({"keys": keys, "cursor": page.cursor.map(|c| sign_cursor(token, &scope, &c))}),
+            json!({"keys": keys, "cursor": page.cursor.map(|c| sign_cursor(token, &scope, &c)).transpose()?}),
         )
     }
 
@@ -1034,7 +1034,7 @@ impl<S: KvStore> AdminContext<'_, S> {
         }
         ok(
             200,
-            json!({"events": events, "cursor": page.cursor.map(|c| sign_cursor(token, &scope, &c))}),
+            json!({"events": events, "cursor": page.cursor.map(|c| sign_cursor(token, &scope, &c)).transpose()?}),
         )
     }
 
@@ -1142,31 +1142,47 @@ fn changed_fields(a: &KeyRecord, b: &KeyRecord) -> Vec<String> {
 /// Store cursors are opaque to clients and signed. The MAC covers the endpoint and every
 /// filter (not `limit`, which may change between pages), so a cursor is only good where it was
 /// issued: on another endpoint, with other filters, or forged, it is `400 invalid_cursor`.
-fn cursor_mac(token: &str, scope: &str, raw: &str) -> Vec<u8> {
+/// Cursors are sealed with ChaCha20-Poly1305 under a key derived from the admin token, with
+/// the endpoint and filters as associated data: a client can neither read the store's cursor
+/// inside (which may name the last key listed, even one outside an admin key's reach) nor forge
+/// one, nor use one with another endpoint or other filters.
+fn cursor_cipher(token: &str) -> ChaCha20Poly1305 {
     let key = Sha256::digest(format!("keygate-cursor:{token}").as_bytes());
-    let Ok(mut mac) = <Hmac<Sha256> as Mac>::new_from_slice(&key) else {
-        return vec![];
-    };
-    mac.update(scope.as_bytes());
-    mac.update(b"\n");
-    mac.update(raw.as_bytes());
-    mac.finalize().into_bytes().iter().take(12).copied().collect()
+    ChaCha20Poly1305::new(&key)
 }
 
-fn sign_cursor(token: &str, scope: &str, raw: &str) -> String {
-    format!(
-        "{}.{}",
-        hex::encode(raw),
-        hex::encode(cursor_mac(token, scope, raw))
-    )
+/// `Err` (a 500) rather than `None`: a missing cursor would tell the client the list ended.
+fn sign_cursor(token: &str, scope: &str, raw: &str) -> Result<String, Problem> {
+    let failed = |_| internal_error("The list cursor could not be sealed.");
+    let mut nonce = [0u8; 12];
+    getrandom::fill(&mut nonce).map_err(|_| internal_error("No randomness available."))?;
+    let sealed = cursor_cipher(token)
+        .encrypt(
+            Nonce::from_slice(&nonce),
+            Payload {
+                msg: raw.as_bytes(),
+                aad: scope.as_bytes(),
+            },
+        )
+        .map_err(failed)?;
+    let mut out = nonce.to_vec();
+    out.extend_from_slice(&sealed);
+    Ok(hex::encode(out))
 }
 
 fn verify_cursor(token: &str, scope: &str, cursor: &str) -> Option<String> {
-    let (body, mac) = cursor.split_once('.')?;
-    let raw = String::from_utf8(hex::decode(body).ok()?).ok()?;
-    let given = hex::decode(mac).ok()?;
-    let expected = cursor_mac(token, scope, &raw);
-    (!expected.is_empty() && bool::from(given.ct_eq(&expected))).then_some(raw)
+    let bytes = hex::decode(cursor).ok()?;
+    let (nonce, sealed) = (bytes.get(..12)?, bytes.get(12..)?);
+    let raw = cursor_cipher(token)
+        .decrypt(
+            Nonce::from_slice(nonce),
+            Payload {
+                msg: sealed,
+                aad: scope.as_bytes(),
+            },
+        )
+        .ok()?;
+    String::from_utf8(raw).ok()
 }
 
 // ---- query strings -------------------------------------------------------------------------
