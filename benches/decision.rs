@@ -303,5 +303,27 @@ fn decision(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, decision);
+/// Start-up cost of a large policy: parsing and validating 500 routes (each with a parameter,
+/// two scope templates and an IP allowlist), as the Worker does once per isolate.
+fn policy_load(c: &mut Criterion) {
+    let routes: Vec<serde_json::Value> = (0..500)
+        .map(|i| {
+            serde_json::json!({
+                "methods": ["GET"],
+                "path": format!("/service-{i}/items/{{item}}/*"),
+                "scopes": [format!("service-{i}:read"), "item.{item}.read"],
+                "ip_allowlist": [format!("10.{}.0.0/16", i % 256)],
+            })
+        })
+        .collect();
+    let text = serde_json::json!({ "routes": routes }).to_string();
+    c.bench_function("policy_load_500_routes", |b| {
+        b.iter(|| {
+            let v: serde_json::Value = serde_json::from_str(&text).expect("json");
+            Policy::from_json(&v).expect("valid")
+        })
+    });
+}
+
+criterion_group!(benches, decision, policy_load);
 criterion_main!(benches);

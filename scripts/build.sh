@@ -1,18 +1,87 @@
 #!/usr/bin/env bash
 # Builds the Worker into build/ (worker-build: cargo for wasm32, wasm-bindgen, wasm-opt, esbuild).
-# wrangler.toml's [build] command runs this, so `npx wrangler dev` builds too.
+# wrangler.toml's [build] command runs this, so `npx wrangler dev` and `npx wrangler deploy`
+# build too; `wrangler dev` re-runs it whenever a file under src/ changes.
+#
+# Two modes (KEYGATE_BUILD_MODE=dev|release overrides the choice):
+#   dev      under `wrangler dev`: the incremental `wasm-dev` profile, no wasm-opt (seconds)
+#   release  everything else (deploy, tests, benchmarks): LTO and wasm-opt (about a minute)
+# With --env, the environment's policy file is validated and bundled first, so a bad policy fails
+# the build, not the first request.
+#
+# `--env NAME` builds a wrangler environment: policy/NAME.toml is validated and bundled, the
+# output goes to build/NAME/ (its `main`), and for `production` the KV namespace ids in the
+# config (wrangler.toml, or $KEYGATE_WRANGLER_CONFIG) must not be the shipped placeholder.
 set -euo pipefail
 source "$(dirname "$0")/toolchain.sh"
 if [ -z "${KEYGATE_SKIP_ENSURE:-}" ]; then ensure_toolchain; fi
-wasm_build_env
 cd "$ROOT"
-# wrangler dev runs this on start; the run and test scripts have built already.
+# The e2e harness builds once itself, then starts `wrangler dev` with this set.
 if [ -n "${KEYGATE_SKIP_BUILD:-}" ] && [ -f build/index.js ]; then exit 0; fi
-# Up to date: nothing that goes into the wasm is newer than it (wasm-opt alone takes ~25 s).
-if [ -z "${KEYGATE_FORCE_BUILD:-}" ] && [ -f build/index.js ] && [ -f build/index_bg.wasm ] &&
-  [ -z "$(find src Cargo.toml Cargo.lock scripts/build.sh -newer build/index_bg.wasm -print -quit)" ]; then
-  log "build/ is up to date"
+
+env_name=
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --env) env_name=${2:-}; shift 2 ;;
+    *) log "unknown argument $1 (use --env NAME)"; exit 2 ;;
+  esac
+done
+out=build
+unset KEYGATE_POLICY_JSON
+if [ -n "$env_name" ]; then
+  case "$env_name" in *[!a-z0-9-]*) log "--env $env_name: use lowercase letters, digits and -"; exit 2 ;; esac
+  out=build/$env_name
+  config=${KEYGATE_WRANGLER_CONFIG:-wrangler.toml}
+  # The placeholder KV id deploys nowhere real: refused for production.
+  if [ "$env_name" = production ] && python3 - "$config" <<'PY'
+import sys, tomllib
+cfg = tomllib.load(open(sys.argv[1], "rb"))
+ids = [ns.get("id", "") for ns in cfg.get("env", {}).get("production", {}).get("kv_namespaces", [])]
+sys.exit(0 if (not ids or any(set(i) <= {"0"} for i in ids)) else 1)
+PY
+  then
+    log "production: [[env.production.kv_namespaces]] still has the placeholder id (or none)."
+    log "  Create it with: npx wrangler kv namespace create KEYS --env production, and put its id in $config"
+    exit 1
+  fi
+  policy_file=policy/$env_name.toml
+  [ -f "$policy_file" ] || { log "--env $env_name needs $policy_file"; exit 1; }
+  mkdir -p target/keygate-policy
+  # Validated natively with the Worker's own code: a bad policy fails here, not at the first request.
+  cargo run --quiet --features cli --bin keygate-policy -- check "$policy_file" --out "target/keygate-policy/$env_name.json" >&2
+  export KEYGATE_POLICY_JSON="$ROOT/target/keygate-policy/$env_name.json"
+fi
+wasm_build_env
+
+# Is an ancestor of this process `wrangler dev`?
+under_wrangler_dev() {
+  local pid=$$ args
+  for _ in 1 2 3 4 5 6; do
+    pid=$(ps -o ppid= -p "$pid" 2>/dev/null | tr -d ' ')
+    if [ -z "$pid" ] || [ "$pid" -le 1 ]; then return 1; fi
+    args=$(tr '\0' ' ' < "/proc/$pid/cmdline" 2>/dev/null || true)
+    case "$args" in *wrangler*" dev"*) return 0 ;; esac
+  done
+  return 1
+}
+mode=${KEYGATE_BUILD_MODE:-}
+if [ -z "$mode" ]; then
+  if under_wrangler_dev; then mode=dev; else mode=release; fi
+fi
+case "$mode" in dev | release) ;; *) log "KEYGATE_BUILD_MODE must be dev or release"; exit 2 ;; esac
+
+# Up to date: built in this mode, and nothing that goes into the wasm is newer than it.
+if [ -z "${KEYGATE_FORCE_BUILD:-}" ] && [ -f "$out/index.js" ] && [ -f "$out/index_bg.wasm" ] &&
+  [ "$(cat "$out/.mode" 2>/dev/null)" = "$mode" ] &&
+  [ -z "$(find src build.rs Cargo.toml Cargo.lock scripts/build.sh policy -newer "$out/index_bg.wasm" -print -quit 2>/dev/null)" ]; then
+  log "$out/ is up to date ($mode)"
   exit 0
 fi
-worker-build --release >&2
-ls -l build/index_bg.wasm >&2 2>/dev/null || true
+started=$(date +%s.%N)
+if [ "$mode" = dev ]; then
+  worker-build --profile wasm-dev --no-opt --out-dir "$out" >&2
+else
+  worker-build --release --out-dir "$out" >&2
+fi
+echo "$mode" > "$out/.mode"
+log "built $out ($mode) in $(awk "BEGIN{printf \"%.1f\", $(date +%s.%N) - $started}") s: $(stat -c %s "$out/index_bg.wasm") bytes of wasm"

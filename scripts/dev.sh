@@ -29,8 +29,10 @@ if [ -z "${ORIGIN:-}" ]; then
   ORIGIN="http://127.0.0.1:$ORIGIN_PORT"
 fi
 
-# Build once here so wrangler's own build step can be skipped.
-bash scripts/build.sh
+# A dev build (incremental, no wasm-opt). wrangler dev runs the same [build] command on start
+# (up to date then) and again whenever a file under src/ or policy/ changes, so a saved change is
+# served within seconds; `npx wrangler dev` behaves the same.
+KEYGATE_BUILD_MODE=dev bash scripts/build.sh
 cat <<MSG
 
 keygate is starting on http://127.0.0.1:$PORT (origin: $ORIGIN; KV persisted in .wrangler/state)
@@ -41,6 +43,6 @@ keygate is starting on http://127.0.0.1:$PORT (origin: $ORIGIN; KV persisted in 
 The admin token is in .dev.vars. Stop with Ctrl-C.
 
 MSG
-KEYGATE_SKIP_BUILD=1 setsid npx wrangler dev --ip 127.0.0.1 --port "$PORT" --var "ORIGIN:$ORIGIN" &
+setsid npx wrangler dev --ip 127.0.0.1 --port "$PORT" --var "ORIGIN:$ORIGIN" &
 pids+=($!)
 wait "${pids[-1]}"

@@ -49,9 +49,6 @@ pub const SCOPE_READ: &str = "admin:keys:read";
 pub const SCOPE_WRITE: &str = "admin:keys:write";
 pub const SCOPE_AUDIT: &str = "admin:audit:read";
 
-/// The OpenAPI 3.1 document for the whole HTTP surface.
-pub const OPENAPI: &str = include_str!("openapi.json");
-
 /// An admin request, reduced to plain values by the edge.
 pub struct AdminRequest<'a, H: ?Sized> {
     pub method: &'a str,
@@ -389,7 +386,7 @@ impl<S: KvStore> AdminContext<'_, S> {
     async fn dispatch<H: HeaderSource + ?Sized>(&self, req: &AdminRequest<'_, H>) -> AdminResult {
         if req.path == "/admin/openapi.json" {
             return match req.method {
-                "GET" | "HEAD" => serde_json::from_str(OPENAPI)
+                "GET" | "HEAD" => crate::openapi::document(&self.gateway.policy)
                     .map(|v| Reply {
                         status: 200,
                         body: Some(v),

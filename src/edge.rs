@@ -51,14 +51,14 @@ fn deployment(env: &Env) -> Result<Rc<Deployment>, String> {
     GATEWAY.with(|g| {
         g.borrow_mut()
             .get_or_insert_with(|| {
-                // Structured in wrangler.toml; a JSON string when given with `--var`.
-                let raw = env
-                    .object_var::<serde_json::Value>("POLICY")
-                    .or_else(|_| {
-                        env.var("POLICY")
-                            .map(|v| serde_json::Value::String(v.to_string()))
-                    })
-                    .map_err(|e| format!("POLICY var missing or unreadable: {e}"))?;
+                // Structured in wrangler.toml; a JSON string when given with `--var`; or the
+                // policy file bundled at build time (exactly one of them).
+                let var = env.object_var::<serde_json::Value>("POLICY").ok().or_else(|| {
+                    env.var("POLICY")
+                        .ok()
+                        .map(|v| serde_json::Value::String(v.to_string()))
+                });
+                let raw = crate::bundled::choose(crate::bundled::POLICY_JSON, var)?;
                 let policy = Policy::from_json(&raw).map_err(|e| e.0)?;
                 let origin = env.var("ORIGIN").ok().map(|v| v.to_string());
                 let target = Target::from_config(origin.as_deref(), &policy)?;

@@ -2,6 +2,7 @@
 //! builds and tests natively; `edge` adapts it to workers-rs and exists only on wasm32.
 
 pub mod admin;
+pub mod bundled;
 pub mod cache;
 pub mod credential;
 pub mod decide;
@@ -9,6 +10,7 @@ pub mod forward;
 pub mod ip;
 pub mod key;
 pub mod log;
+pub mod openapi;
 pub mod path;
 pub mod policy;
 pub mod problem;

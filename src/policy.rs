@@ -281,6 +281,11 @@ impl RoutePattern {
         })
     }
 
+    /// The pattern as written in the policy.
+    pub fn source(&self) -> &str {
+        &self.source
+    }
+
     fn first_literal(&self) -> Option<&str> {
         match self.segs.first() {
             Some(PSeg::Lit(l)) => Some(l),

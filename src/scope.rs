@@ -336,6 +336,11 @@ impl ScopeTemplate {
 
     /// The requirement as written, with parameters filled in where they are valid. For the
     /// `required_scopes` of a denial.
+    /// The template as written in the policy (`keyring.{ring}.encrypt`).
+    pub fn source(&self) -> &str {
+        &self.source
+    }
+
     pub fn describe<'v>(&self, value: impl Fn(&str) -> Option<&'v str>) -> String {
         match self.render(value) {
             Some(s) => s.to_string(),
