@@ -657,13 +657,23 @@ fn openapi_document(c: &Ctx) {
     }
     // The gateway part is the policy this worker loaded: one operation per route and method.
     let g = &v["paths"]["/keyrings/{ring}/encrypt"];
-    assert!(g["post"]["description"].as_str().unwrap().contains("`keyring.{ring}.encrypt`"), "{g}");
+    assert!(
+        g["post"]["description"]
+            .as_str()
+            .unwrap()
+            .contains("`keyring.{ring}.encrypt`"),
+        "{g}"
+    );
     assert!(g.get("get").is_none(), "the route lists POST only");
     assert!(v["paths"]["/public/{rest}"]["get"]["security"] == serde_json::json!([]));
     // Another worker, another policy: the edge worker's default-allow policy has the same routes,
     // and the invalid policy worker serves no document at all.
     let other = send("GET", &format!("{}/admin/openapi.json", c.edge.base), &[], None);
-    assert_eq!(other.status, 404, "the edge worker's admin API is fenced: {}", other.body);
+    assert_eq!(
+        other.status, 404,
+        "the edge worker's admin API is fenced: {}",
+        other.body
+    );
 }
 
 fn schemathesis(c: &Ctx) {
