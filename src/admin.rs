@@ -72,6 +72,9 @@ pub struct AdminContext<'a, S> {
     actor_seen: std::cell::RefCell<Option<String>>,
     /// One entry per audit event written: what the edge logs as `admin` lines.
     journal: std::cell::RefCell<Vec<AuditEvent>>,
+    /// Whether denied attempts with an unverified credential are still written to the audit log
+    /// (the edge turns this off past a per-isolate budget; they are always logged).
+    audit_unverified: std::cell::Cell<bool>,
 }
 
 impl<'a, S> AdminContext<'a, S> {
@@ -89,7 +92,13 @@ impl<'a, S> AdminContext<'a, S> {
             audit_seq: std::cell::Cell::new(0),
             actor_seen: std::cell::RefCell::new(None),
             journal: std::cell::RefCell::new(Vec::new()),
+            audit_unverified: std::cell::Cell::new(true),
         }
+    }
+
+    /// Stop (or resume) writing audit events for attempts with an unverified credential.
+    pub fn audit_unverified(&self, on: bool) {
+        self.audit_unverified.set(on);
     }
 
     /// Who acted in this request, if authentication got that far.
@@ -357,22 +366,35 @@ impl<S: KvStore> AdminContext<'_, S> {
     pub async fn handle<H: HeaderSource + ?Sized>(&self, req: &AdminRequest<'_, H>) -> AdminResult {
         let result = self.dispatch(req).await;
         if let Err(p) = &result {
-            let actor = self.actor();
-            let mut actor_known = actor.is_some();
-            // An admin key that is real but revoked, disabled or expired: its id is the actor.
-            let name = actor.or_else(|| {
-                let (c, _) = credential::extract(&self.gateway.policy.credentials, req.headers, None);
-                let id = ApiKey::parse(&c.ok()?, &self.gateway.policy.key_prefix)?
-                    .id()
-                    .to_string();
-                actor_known = matches!(p.code, "revoked_key" | "disabled_key" | "expired_key");
-                Some(id)
-            });
-            if audited_denial(p, name.as_deref().filter(|_| actor_known)) {
+            // Who tried: the authenticated actor; or a real admin key refused for its state (its
+            // hash was verified before the state was checked); or, unverified, the key id the
+            // credential claims, which anyone can forge.
+            let (name, verified) = match self.actor() {
+                Some(a) => (a, true),
+                None => {
+                    let (c, _) = credential::extract(&self.gateway.policy.credentials, req.headers, None);
+                    let id = c
+                        .ok()
+                        .and_then(|c| ApiKey::parse(&c, &self.gateway.policy.key_prefix))
+                        .map(|k| k.id().to_string());
+                    match id {
+                        Some(id) if matches!(p.code, "revoked_key" | "disabled_key" | "expired_key") => {
+                            (id, true)
+                        }
+                        Some(id) => (format!("unverified:{id}"), false),
+                        None => ("unknown".to_owned(), false),
+                    }
+                }
+            };
+            let wanted = audited_denial(p, verified.then_some(name.as_str()));
+            if wanted && (verified || self.audit_unverified.get()) {
+                // An unverified attempt names no key: it gets no copy in a key's own history, so
+                // a stranger cannot bury that history under junk.
+                let target = if verified { target_key(req.path) } else { None };
                 self.audit_as(
-                    name.as_deref().unwrap_or("unknown"),
+                    &name,
                     "admin.denied",
-                    target_key(req.path).as_ref(),
+                    target.as_ref(),
                     req.client_ip,
                     vec![],
                     Some(p.code),

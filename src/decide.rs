@@ -6,7 +6,7 @@ use std::rc::Rc;
 
 use crate::credential::{self, CredentialError, Found, HeaderSource};
 use crate::ip::ClientIp;
-use crate::key::{ApiKey, Environment, HashError, KeyHasher, KeyId, contains_key_like};
+use crate::key::{ApiKey, Environment, HashError, KeyHasher, KeyId, holds_key};
 use crate::path::{self, CanonicalPath};
 use crate::policy::{Cors, DefaultAction, Policy, Route};
 use crate::record::{KeyRecord, Status};
@@ -182,7 +182,7 @@ impl Gateway {
         if canonical
             .segments
             .iter()
-            .any(|s| contains_key_like(s, &policy.key_prefix))
+            .any(|s| holds_key(s, &policy.key_prefix))
         {
             return Err(Denial::KeyInPath);
         }

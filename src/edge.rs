@@ -37,12 +37,16 @@ const FORWARDABLE: [&str; 7] = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE",
 /// Edge-cache KV reads on the validation path for the minimum KV allows.
 const KV_CACHE_TTL: u64 = 30;
 const RECORD_CACHE_CAPACITY: usize = 10_000;
+/// Audit events per isolate and minute for denied admin attempts with unverified credentials.
+const UNVERIFIED_AUDITS_PER_MINUTE: u32 = 30;
 const NEGATIVE_CACHE_CAPACITY: usize = 10_000;
 
 thread_local! {
     /// Parsed once per isolate: the env does not change under a running isolate.
     static GATEWAY: RefCell<Option<Result<Rc<Deployment>, String>>> = const { RefCell::new(None) };
     static CACHE: RefCell<Option<Rc<RefCell<RecordCache>>>> = const { RefCell::new(None) };
+    /// Audit events written this minute for admin attempts with an unverified credential.
+    static UNVERIFIED_AUDITS: std::cell::Cell<(i64, u32)> = const { std::cell::Cell::new((0, 0)) };
     /// The admin API's "disabled because" line has been logged in this isolate.
     static TOKEN_WARNED: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
 }
@@ -153,14 +157,19 @@ fn now() -> Timestamp {
     Timestamp::from_millis(i64::try_from(worker::Date::now().as_millis()).unwrap_or(i64::MAX))
 }
 
-/// A problem+json response carrying the request id in its body.
-fn problem_response(p: &Problem, request_id: &str) -> worker::Result<Response> {
+/// A problem+json response carrying the request id in its body. Anything key-shaped, and the
+/// admin token, are redacted from it (a field name or a serde message can echo input).
+fn problem_response(p: &Problem, ctx: &RequestContext<'_>) -> worker::Result<Response> {
     let headers = Headers::new();
     headers.set("Content-Type", problem::CONTENT_TYPE)?;
     for (k, v) in &p.headers {
         headers.set(k, v)?;
     }
-    let body = p.clone().with("request_id", serde_json::json!(request_id)).body();
+    let body = p
+        .clone()
+        .with("request_id", serde_json::json!(ctx.request_id))
+        .body();
+    let body = crate::key::redact(&body, ctx.key_prefix, ctx.token);
     Ok(Response::from_bytes(body.into_bytes())?
         .with_status(p.status)
         .with_headers(headers))
@@ -184,7 +193,7 @@ fn answer(
     } else {
         console_log!("{}", log::line(m));
     }
-    problem_response(p, ctx.request_id)
+    problem_response(p, ctx)
 }
 
 /// Adds `X-Request-Id` to any response (fetched ones have immutable headers: copied).
@@ -213,6 +222,7 @@ async fn fetch(req: Request, env: Env, _ctx: Context) -> worker::Result<Response
                 path: &path,
                 client_ip: None,
                 key_prefix: &prefix,
+                token: None,
             };
             answer(
                 &ctx,
@@ -268,18 +278,21 @@ async fn handle(req: Request, env: &Env, request_id: &str) -> worker::Result<Res
                 path: &raw_path,
                 client_ip,
                 key_prefix: &prefix,
+                token: None,
             };
             return answer(&ctx, &problem::policy_invalid(), None, None, Some(&reason));
         }
     };
     let gateway = &deployment.gateway;
     let policy = &gateway.policy;
+    let admin_token = env.secret("ADMIN_TOKEN").ok().map(|s| s.to_string());
     let ctx = RequestContext {
         request_id,
         method: &method,
         path: &raw_path,
         client_ip,
         key_prefix: &policy.key_prefix,
+        token: admin_token.as_deref(),
     };
     let host = url.host_str().unwrap_or_default().to_ascii_lowercase();
     // Host and port as the URL has them (no port when it is the scheme's default).
@@ -303,7 +316,7 @@ async fn handle(req: Request, env: &Env, request_id: &str) -> worker::Result<Res
     } else {
         canonicalize(&raw_path, policy.path_rules)
             .ok()
-            .filter(|c| c.segments.first().is_some_and(|s| s == "admin"))
+            .filter(|c| c.matched().first().is_some_and(|s| s == "admin"))
             .map(|c| c.encoded(policy.path_rules))
     };
     if let Some(admin_path) = admin_path {
@@ -316,6 +329,13 @@ async fn handle(req: Request, env: &Env, request_id: &str) -> worker::Result<Res
     }
     if !FORWARDABLE.contains(&method.as_str()) {
         return answer(&ctx, &problem::method_not_implemented(), None, None, None);
+    }
+    // The admin token never travels in a gateway path (keys are refused by the decision).
+    if let Some(t) = ctx.token
+        && crate::key::holds_secret(&raw_path, &policy.key_prefix, Some(t))
+    {
+        let p = Problem::from_denial(&Denial::KeyInPath, &policy.realm);
+        return answer(&ctx, &p, None, None, None);
     }
 
     let kv = Kv {
@@ -396,7 +416,7 @@ async fn forward(
     cors: &[(&'static str, String)],
 ) -> worker::Result<Response> {
     let policy = &deployment.gateway.policy;
-    let query = outbound_query(policy, query);
+    let query = outbound_query(policy, query, ctx.token);
     let target = deployment
         .target
         .url(scheme, authority, &f.path, query.as_deref());
@@ -404,7 +424,7 @@ async fn forward(
     let headers = Headers::new();
     let method = req.method();
     let bodiless = matches!(method, Method::Get | Method::Head);
-    for (name, value) in outbound_headers(policy, &incoming, &f, ctx.client_ip, bodiless) {
+    for (name, value) in outbound_headers(policy, &incoming, &f, ctx.client_ip, bodiless, ctx.token) {
         if !name.eq_ignore_ascii_case("x-request-id") {
             headers.append(&name, &value)?;
         }
@@ -511,7 +531,7 @@ async fn admin(
         inner: env.kv(KV_BINDING)?,
         cache_ttl: None,
     };
-    let token = env.secret("ADMIN_TOKEN").ok().map(|s| s.to_string());
+    let token = ctx.token.map(str::to_owned);
     let weakness = crate::admin::admin_token_weakness(token.as_deref());
     if let Some(reason) = weakness
         && !TOKEN_WARNED.replace(true)
@@ -531,7 +551,23 @@ async fn admin(
         body: &body,
         client_ip: ctx.client_ip,
     };
+    // Denied attempts with an unverified credential are audited up to a budget per isolate and
+    // minute, so a stranger cannot turn bad credentials into unbounded KV writes (they are all
+    // logged either way).
+    let minute = now().millis() / 60_000;
+    let (window, used) = UNVERIFIED_AUDITS.get();
+    let used = if window == minute { used } else { 0 };
+    admin.audit_unverified(used < UNVERIFIED_AUDITS_PER_MINUTE);
     let result = admin.handle(&request).await;
+    let unverified = admin
+        .journal()
+        .iter()
+        .filter(|e| e.actor == "unknown" || e.actor.starts_with("unverified:"))
+        .count();
+    UNVERIFIED_AUDITS.set((
+        minute,
+        used.saturating_add(u32::try_from(unverified).unwrap_or(u32::MAX)),
+    ));
     // One line per audit event written (admin writes and denied attempts).
     for event in admin.journal() {
         console_log!("{}", log::line(ctx.admin(&event)));
@@ -558,7 +594,7 @@ async fn admin(
             } else {
                 console_log!("{}", log::line(m));
             }
-            problem_response(&p, ctx.request_id)?
+            problem_response(&p, ctx)?
         }
     };
     no_store(response)

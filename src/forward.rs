@@ -22,7 +22,7 @@
 
 use crate::decide::{Forward, HOP_HEADER};
 use crate::ip::ClientIp;
-use crate::key::{KeyPrefix, contains_key_like};
+use crate::key::holds_secret;
 use crate::policy::{Policy, normalize_header_name};
 
 /// Headers that make framework origins change the method, the path, or the URLs they build.
@@ -115,52 +115,10 @@ impl Target {
     }
 }
 
-/// Percent-decodes what decodes and keeps the rest literally (`%zz` stays `%zz`, bytes that are
-/// not UTF-8 become U+FFFD), as lenient origin decoders do.
-fn lenient_decode(s: &str) -> String {
-    let b = s.as_bytes();
-    let mut out = Vec::with_capacity(b.len());
-    let mut i = 0;
-    while let Some(&c) = b.get(i) {
-        let hex = |j: usize| b.get(j).and_then(|&h| char::from(h).to_digit(16));
-        match (c, hex(i + 1), hex(i + 2)) {
-            (b'%', Some(hi), Some(lo)) => {
-                out.push(u8::try_from(hi * 16 + lo).unwrap_or(b'?'));
-                i += 3;
-            }
-            _ => {
-                out.push(c);
-                i += 1;
-            }
-        }
-    }
-    String::from_utf8_lossy(&out).into_owned()
-}
-
-/// Does `text` hold a key-shaped string, as sent or after any number of lenient decodings
-/// (`%5F`, `%255F`, a stray `%zz` beside it)?
-pub fn holds_key(text: &str, prefix: &KeyPrefix) -> bool {
-    if !text.contains('%') && !text.contains('+') {
-        return contains_key_like(text, prefix);
-    }
-    let mut current = text.replace('+', " ");
-    // Each round that changes something shortens the text, so this ends.
-    loop {
-        if contains_key_like(&current, prefix) {
-            return true;
-        }
-        let next = lenient_decode(&current);
-        if next == current {
-            return false;
-        }
-        current = next;
-    }
-}
-
 /// The query string the origin receives: without the credential parameter (when the policy
 /// reads keys from the query) and without any parameter whose name or value holds a key-shaped
 /// string, in any encoding.
-pub fn outbound_query(policy: &Policy, query: Option<&str>) -> Option<String> {
+pub fn outbound_query(policy: &Policy, query: Option<&str>, token: Option<&str>) -> Option<String> {
     let q = query?;
     let param = policy.credentials.query_param.as_deref();
     let prefix = &policy.key_prefix;
@@ -168,7 +126,7 @@ pub fn outbound_query(policy: &Policy, query: Option<&str>) -> Option<String> {
         .split('&')
         .filter(|pair| {
             let name = pair.split_once('=').map_or(*pair, |(k, _)| k);
-            Some(name) != param && !holds_key(pair, prefix)
+            Some(name) != param && !holds_secret(pair, prefix, token)
         })
         .collect();
     let out = kept.join("&");
@@ -189,6 +147,7 @@ pub fn outbound_headers(
     fwd: &Forward,
     client_ip: Option<ClientIp>,
     bodiless: bool,
+    token: Option<&str>,
 ) -> Vec<(String, String)> {
     let creds = &policy.credentials;
     let keep_addresses = policy.forwarding.keep_client_address_headers;
@@ -209,8 +168,8 @@ pub fn outbound_headers(
             || (!keep_addresses && CLIENT_ADDRESS_HEADERS.contains(&norm.as_str()))
             || (fwd.credential.in_bearer_header && norm == creds.bearer_header)
             || (fwd.credential.in_api_key_header && norm == creds.api_key_header)
-            || holds_key(name, &policy.key_prefix)
-            || holds_key(value, &policy.key_prefix);
+            || holds_secret(name, &policy.key_prefix, token)
+            || holds_secret(value, &policy.key_prefix, token);
         if !drop {
             out.push((name.clone(), value.clone()));
         }
@@ -244,6 +203,7 @@ pub fn outbound_headers(
 mod tests {
     use super::*;
     use crate::credential::Found;
+    use base64::engine::general_purpose::STANDARD;
     use serde_json::json;
 
     fn policy(extra: serde_json::Value) -> Policy {
@@ -298,7 +258,7 @@ mod tests {
             ("Accept", "text/plain"),
         ]);
         let ip = ClientIp::parse("203.0.113.9");
-        let out = outbound_headers(&p, &incoming, &public_forward(), ip, false);
+        let out = outbound_headers(&p, &incoming, &public_forward(), ip, false, None);
         assert_eq!(
             out,
             h(&[
@@ -311,9 +271,16 @@ mod tests {
             ])
         );
         // No address: no address headers at all.
-        let out = outbound_headers(&p, &incoming, &public_forward(), None, false);
+        let out = outbound_headers(&p, &incoming, &public_forward(), None, false, None);
         assert_eq!(names(&out), ["accept", "keygate-hop"]);
-        let v6 = outbound_headers(&p, &[], &public_forward(), ClientIp::parse("2001:db8::1"), false);
+        let v6 = outbound_headers(
+            &p,
+            &[],
+            &public_forward(),
+            ClientIp::parse("2001:db8::1"),
+            false,
+            None,
+        );
         assert!(v6.contains(&("Forwarded".into(), "for=\"[2001:db8::1]\"".into())));
     }
 
@@ -333,6 +300,7 @@ mod tests {
             &public_forward(),
             ClientIp::parse("203.0.113.9"),
             false,
+            None,
         );
         assert_eq!(
             out,
@@ -354,7 +322,7 @@ mod tests {
             ("Cookie", &format!("session=1; k={}", KEY.to_uppercase())),
             ("Authorization", "Basic Zm9vOmJhcg=="),
         ]);
-        let out = outbound_headers(&p, &incoming, &public_forward(), None, false);
+        let out = outbound_headers(&p, &incoming, &public_forward(), None, false, None);
         assert_eq!(
             out,
             h(&[
@@ -365,11 +333,12 @@ mod tests {
         assert_eq!(
             outbound_query(
                 &p,
-                Some(&format!("a=1&token={KEY}&b=2&c=kg%5Flive%5F3f9a0c1d2b4e5f60"))
+                Some(&format!("a=1&token={KEY}&b=2&c={}", KEY.replace('_', "%5F"))),
+                None
             ),
             Some("a=1&b=2".into())
         );
-        assert_eq!(outbound_query(&p, Some(&format!("t={KEY}"))), None);
+        assert_eq!(outbound_query(&p, Some(&format!("t={KEY}")), None), None);
         let enc = KEY.replace('_', "%5F");
         for q in [
             format!("t={enc}%zz"),
@@ -378,21 +347,39 @@ mod tests {
             format!("{enc}%zz=1"),
         ] {
             assert_eq!(
-                outbound_query(&p, Some(&format!("a=1&{q}"))),
+                outbound_query(&p, Some(&format!("a=1&{q}")), None),
                 Some("a=1".into()),
                 "{q}"
             );
         }
         let odd = h(&[(KEY, "1"), ("Cookie", &format!("s={enc}")), ("X-Ok", "100%zz")]);
         assert_eq!(
-            names(&outbound_headers(&p, &odd, &public_forward(), None, false)),
+            names(&outbound_headers(&p, &odd, &public_forward(), None, false, None)),
             ["x-ok", "keygate-hop"]
         );
         let with_param = policy(json!({"credentials": {"query_param": "api_key"}}));
         assert_eq!(
-            outbound_query(&with_param, Some("api_key=x&q=1")),
+            outbound_query(&with_param, Some("api_key=x&q=1"), None),
             Some("q=1".into())
         );
+    }
+
+    #[test]
+    fn the_admin_token_and_basic_auth_keys_never_leave() {
+        use base64::Engine;
+        let p = policy(json!({}));
+        let token = "an-admin-token-of-thirty-two-chars!";
+        let basic = format!("Basic {}", STANDARD.encode(format!("{KEY}:")));
+        let incoming = h(&[
+            ("Authorization", &format!("Bearer {token}")),
+            ("X-Admin", &format!("x{token}y")),
+            ("Authorization", &basic),
+            ("X-Ok", "1"),
+        ]);
+        let out = outbound_headers(&p, &incoming, &public_forward(), None, false, Some(token));
+        assert_eq!(names(&out), ["x-ok", "keygate-hop"]);
+        let q = format!("a=1&t={}", token.replace('-', "%2D"));
+        assert_eq!(outbound_query(&p, Some(&q), Some(token)), Some("a=1".into()));
     }
 
     #[test]
@@ -404,6 +391,7 @@ mod tests {
             &public_forward(),
             None,
             false,
+            None,
         );
         assert_eq!(out, h(&[("Keygate-Hop", "edge-a, edge-b")]));
     }

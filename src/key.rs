@@ -12,6 +12,8 @@
 
 use std::fmt;
 
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD;
 use hmac::{Hmac, Mac};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
@@ -200,35 +202,131 @@ impl ApiKey {
     }
 }
 
-/// Does `text` hold something shaped like one of this gateway's keys (`<prefix>_live_` or
-/// `<prefix>_test_` followed by a key id), in any letter case? Used to keep keys from ever
-/// reaching the origin, also when the checksum is wrong or the key sits in an unexpected place.
-pub fn contains_key_like(text: &str, prefix: &KeyPrefix) -> bool {
+/// How many hex digits of the secret, after the key id, make a string key-shaped. A masked key
+/// (`kg_live_<id>` or `kg_live_<id>_****`) shows only the public id and is not a secret.
+const SECRET_HEX_SHOWN: usize = 16;
+
+/// Where, in `text`, something shaped like one of this gateway's keys starts and ends:
+/// `<prefix>_live_` or `<prefix>_test_`, a 16-hex key id, `_`, and at least 16 hex digits of the
+/// secret, in any letter case; the span runs to the end of the run of key characters.
+pub fn key_like_spans(text: &str, prefix: &KeyPrefix) -> Vec<(usize, usize)> {
     let p = prefix.as_str().as_bytes();
     let t = text.as_bytes();
     let at = |i: usize| t.get(i).map(u8::to_ascii_lowercase);
-    (0..t.len()).any(|start| {
+    let hex = |i: usize| at(i).is_some_and(|c| c.is_ascii_hexdigit());
+    let mut spans = Vec::new();
+    let mut start = 0;
+    while start < t.len() {
         let mut i = start;
-        for &b in p {
-            if at(i) != Some(b) {
-                return false;
-            }
+        let shaped = p.iter().all(|&b| {
+            let ok = at(i) == Some(b);
             i += 1;
+            ok
+        }) && at(i) == Some(b'_')
+            && [b"live", b"test"]
+                .iter()
+                .any(|env| env.iter().enumerate().all(|(k, &e)| at(i + 1 + k) == Some(e)))
+            && at(i + 5) == Some(b'_')
+            && (i + 6..i + 6 + ID_HEX).all(hex)
+            && at(i + 6 + ID_HEX) == Some(b'_')
+            && (i + 7 + ID_HEX..i + 7 + ID_HEX + SECRET_HEX_SHOWN).all(hex);
+        if shaped {
+            let mut end = i + 7 + ID_HEX + SECRET_HEX_SHOWN;
+            while at(end).is_some_and(|c| c.is_ascii_hexdigit() || c == b'_') {
+                end += 1;
+            }
+            spans.push((start, end));
+            start = end;
+        } else {
+            start += 1;
         }
-        if at(i) != Some(b'_') {
-            return false;
-        }
-        let env_ok = [b"live", b"test"]
-            .iter()
-            .any(|env| env.iter().enumerate().all(|(k, &e)| at(i + 1 + k) == Some(e)));
-        if !env_ok || at(i + 5) != Some(b'_') {
-            return false;
-        }
-        (i + 6..i + 6 + ID_HEX).all(|k| at(k).is_some_and(|c| c.is_ascii_hexdigit()))
-    })
+    }
+    spans
+}
+
+/// Does `text` hold something shaped like one of this gateway's keys (see [`key_like_spans`])?
+/// Used to keep keys from ever reaching the origin, a log line or a response body, also when
+/// the checksum is wrong or the key sits in an unexpected place.
+pub fn contains_key_like(text: &str, prefix: &KeyPrefix) -> bool {
+    !key_like_spans(text, prefix).is_empty()
+}
+
+/// `text` with every key-shaped string, and every occurrence of `token` (the admin token, when
+/// set), replaced by `[redacted]`.
+pub fn redact(text: &str, prefix: &KeyPrefix, token: Option<&str>) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut last = 0;
+    for (a, b) in key_like_spans(text, prefix) {
+        out.push_str(text.get(last..a).unwrap_or_default());
+        out.push_str("[redacted]");
+        last = b;
+    }
+    out.push_str(text.get(last..).unwrap_or_default());
+    match token.filter(|t| !t.is_empty()) {
+        Some(t) => out.replace(t, "[redacted]"),
+        None => out,
+    }
 }
 
 /// How a stored hash was made. Kept in each record so a pepper can arrive later.
+/// Percent-decodes what decodes and keeps the rest literally (`%zz` stays `%zz`, bytes that are
+/// not UTF-8 become U+FFFD), as lenient origin decoders do.
+fn lenient_decode(s: &str) -> String {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while let Some(&c) = b.get(i) {
+        let hex = |j: usize| b.get(j).and_then(|&h| char::from(h).to_digit(16));
+        match (c, hex(i + 1), hex(i + 2)) {
+            (b'%', Some(hi), Some(lo)) => {
+                out.push(u8::try_from(hi * 16 + lo).unwrap_or(b'?'));
+                i += 3;
+            }
+            _ => {
+                out.push(c);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// Does `text` hold a key-shaped string (or `token`, the admin token, when given), as sent or
+/// after any number of lenient percent-decodings (`%5F`, `%255F`, a stray `%zz` beside it), or
+/// inside HTTP Basic credentials?
+pub fn holds_secret(text: &str, prefix: &KeyPrefix, token: Option<&str>) -> bool {
+    let token = token.filter(|t| !t.is_empty());
+    let found = |s: &str| contains_key_like(s, prefix) || token.is_some_and(|t| s.contains(t));
+    // `Basic base64(user:password)`: a key sent as a username or password.
+    if let Some((scheme, rest)) = text.trim().split_once(' ')
+        && scheme.eq_ignore_ascii_case("basic")
+        && let Ok(decoded) = STANDARD.decode(rest.trim())
+        && found(&String::from_utf8_lossy(&decoded))
+    {
+        return true;
+    }
+    if !text.contains('%') && !text.contains('+') {
+        return found(text);
+    }
+    let mut current = text.replace('+', " ");
+    // Each round that changes something shortens the text, so this ends.
+    loop {
+        if found(&current) {
+            return true;
+        }
+        let next = lenient_decode(&current);
+        if next == current {
+            return false;
+        }
+        current = next;
+    }
+}
+
+/// [`holds_secret`] for keys alone.
+pub fn holds_key(text: &str, prefix: &KeyPrefix) -> bool {
+    holds_secret(text, prefix, None)
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum HashVersion {
@@ -425,20 +523,28 @@ mod tests {
     #[test]
     fn key_shapes_are_found_anywhere_in_any_case() {
         let prefix = KeyPrefix::default();
+        let secret = "ab".repeat(32);
         for yes in [
-            "kg_live_0123456789abcdef",
-            "Bearer KG_TEST_0123456789ABCDEF_x",
-            "a=1; k=kg_live_0123456789abcdef0",
+            format!("kg_live_0123456789abcdef_{secret}_00000000"),
+            format!("Bearer KG_TEST_0123456789ABCDEF_{}", &secret[..16]),
+            format!("a=1; k=kg_live_0123456789abcdef_{secret}"),
         ] {
-            assert!(contains_key_like(yes, &prefix), "{yes}");
+            assert!(contains_key_like(&yes, &prefix), "{yes}");
         }
+        // The public id alone (a masked key) is not a secret.
         for no in [
-            "kg_live_0123",
-            "kg_prod_0123456789abcdef",
-            "xkg-live-0123456789abcdef",
-            "Basic Zm9vOmJhcg==",
+            "kg_live_0123456789abcdef".to_owned(),
+            "masked=kg_live_0123456789abcdef_****".to_owned(),
+            format!("kg_live_0123456789abcdef_{}", &secret[..15]),
+            "kg_prod_0123456789abcdef".into(),
+            "Basic Zm9vOmJhcg==".into(),
         ] {
-            assert!(!contains_key_like(no, &prefix), "{no}");
+            assert!(!contains_key_like(&no, &prefix), "{no}");
         }
+        let text = format!("x kg_live_0123456789abcdef_{secret}_00000000 y tok-123 z");
+        assert_eq!(
+            redact(&text, &prefix, Some("tok-123")),
+            "x [redacted] y [redacted] z"
+        );
     }
 }

@@ -7,7 +7,7 @@ use serde_json::{Map, Value, json};
 
 use crate::admin::AuditEvent;
 use crate::ip::ClientIp;
-use crate::key::{KeyPrefix, contains_key_like};
+use crate::key::{KeyPrefix, holds_secret};
 
 /// What every line about a request carries.
 #[derive(Debug, Clone, Copy)]
@@ -18,6 +18,8 @@ pub struct RequestContext<'a> {
     pub path: &'a str,
     pub client_ip: Option<ClientIp>,
     pub key_prefix: &'a KeyPrefix,
+    /// The admin token, so that no line can carry it either.
+    pub token: Option<&'a str>,
 }
 
 /// The request id: `cf-ray` when the platform sent one that looks sane, otherwise `generate()`.
@@ -36,8 +38,8 @@ pub fn request_id(cf_ray: Option<&str>, generate: impl FnOnce() -> String) -> St
 
 impl RequestContext<'_> {
     fn base(&self, level: &str, event: &str) -> Map<String, Value> {
-        let path = if contains_key_like(self.path, self.key_prefix) {
-            "[path redacted: it holds a key]"
+        let path = if holds_secret(self.path, self.key_prefix, self.token) {
+            "[path redacted: it holds a key or the admin token]"
         } else {
             self.path
         };
@@ -102,6 +104,7 @@ mod tests {
             path,
             client_ip: ClientIp::parse("203.0.113.9"),
             key_prefix: prefix,
+            token: Some("the-admin-token-0123456789abcdef0"),
         }
     }
 
@@ -138,6 +141,12 @@ mod tests {
         let key = "kg_live_3f9a0c1d2b4e5f60_abababababababababababababababababababababababababababababababab_00000000";
         let l = line(ctx(&format!("/public/{key}"), &prefix).problem("origin_unavailable", 502, None, None));
         assert!(!l.contains("abababab"), "{l}");
+        let encoded = key.replace('_', "%255F");
+        let l2 = line(ctx(&format!("/x/{encoded}"), &prefix).problem("key_in_path", 400, None, None));
+        assert!(!l2.contains("abababab"), "{l2}");
+        let l3 =
+            line(ctx("/x/the-admin-token-0123456789abcdef0", &prefix).problem("no_route", 404, None, None));
+        assert!(!l3.contains("the-admin-token"), "{l3}");
         assert!(l.contains("\"event\":\"error\""));
     }
 }

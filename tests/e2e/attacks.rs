@@ -61,6 +61,14 @@ pub const TESTS: &[Test] = &[
         keys_never_reach_origin_default_allow,
     ),
     (
+        "attacks::keys_the_admin_token_never_reaches_the_origin",
+        keys_the_admin_token_never_reaches_the_origin,
+    ),
+    (
+        "attacks::keys_a_masked_key_is_not_a_key",
+        keys_a_masked_key_is_not_a_key,
+    ),
+    (
         "attacks::keys_never_reach_the_origin_on_protected_routes",
         keys_never_reach_origin_protected,
     ),
@@ -325,6 +333,11 @@ fn path_lookalikes_and_keys_are_refused(c: &Ctx) {
         assert!(!r.body.contains(&key[8..40]));
     }
     assert!(c.origin.received(&m).is_empty());
+    let logs = c.main.json_logs();
+    assert!(
+        !logs.iter().any(|l| l.to_string().contains(&key[25..57])),
+        "a key reached a log line"
+    );
 }
 
 // ---- 2. the forward target ----------------------------------------------------------------
@@ -439,6 +452,11 @@ fn assert_no_key(seen: &Value, key: &str) {
     assert!(!text.to_ascii_lowercase().contains(&secret.to_ascii_lowercase()));
 }
 
+fn base64_of(s: &str) -> String {
+    use base64::Engine;
+    base64::engine::general_purpose::STANDARD.encode(s)
+}
+
 fn key_carriers(key: &str) -> Vec<(Vec<(String, String)>, String)> {
     let h = |k: &str, v: String| vec![(k.to_owned(), v)];
     vec![
@@ -456,6 +474,13 @@ fn key_carriers(key: &str) -> Vec<(Vec<(String, String)>, String)> {
             String::new(),
         ),
         (h(key, "1".to_owned()), String::new()),
+        (
+            h(
+                "Authorization",
+                format!("Basic {}", base64_of(&format!("{key}:"))),
+            ),
+            String::new(),
+        ),
         (vec![], format!("api_key={key}")),
         (vec![], format!("token=x&k={}", key.replace('_', "%5F"))),
         (vec![], format!("t={}%zz", key.replace('_', "%5F"))),
@@ -520,6 +545,49 @@ fn keys_never_reach_origin_default_allow(c: &Ctx) {
         assert_eq!(r.status, 200, "{hs:?} {query}: {}", r.body);
         assert_no_key(&r.echoed(), &key);
     }
+}
+
+fn keys_the_admin_token_never_reaches_the_origin(c: &Ctx) {
+    let token = c.main.admin_token.clone();
+    let bearer = format!("Bearer {token}");
+    let header = format!("x{token}y");
+    let m = marker();
+    for (headers, query) in [
+        (vec![("Authorization", bearer.as_str())], String::new()),
+        (vec![("X-Admin", header.as_str())], String::new()),
+        (vec![], format!("t={token}")),
+    ] {
+        let r = c.call("GET", &format!("/public/t?{m}&{query}"), &headers, None);
+        assert_eq!(r.status, 200, "{headers:?} {query}: {}", r.body);
+        assert!(
+            !r.echoed().to_string().contains(&token),
+            "the admin token reached the origin"
+        );
+    }
+    let r = raw(&c.main.base, "GET", &format!("/public/x-{token}?{m}"), &[]);
+    assert_eq!((r.status, r.code().as_str()), (400, "key_in_path"));
+    assert!(!r.body.contains(&token));
+    let logs = c.main.json_logs();
+    assert!(
+        !logs.iter().any(|l| l.to_string().contains(&token)),
+        "the admin token reached a log line"
+    );
+}
+
+fn keys_a_masked_key_is_not_a_key(c: &Ctx) {
+    // A dashboard's masked key (the public id, no secret) is ordinary data and passes.
+    let masked = "kg_live_015190271c439e7d";
+    let cookie = format!("session=1; masked={masked}_****");
+    let r = c.call(
+        "GET",
+        &format!("/public/{masked}?k={masked}"),
+        &[("Cookie", &cookie)],
+        None,
+    );
+    assert_eq!(r.status, 200, "{}", r.body);
+    let seen = r.echoed();
+    assert_eq!(seen["headers"]["cookie"], cookie.as_str());
+    assert_eq!(seen["query"], format!("k={masked}"));
 }
 
 fn keys_never_reach_origin_protected(c: &Ctx) {

@@ -264,4 +264,45 @@ fn admin_lines(c: &Ctx) {
     );
     assert!(lines.iter().any(|l| l["action"] == "admin.denied"), "{lines:?}");
     assert!(!lines.iter().any(|l| l.to_string().contains("not-the-token")));
+
+    // A forged key-shaped credential naming a real key: recorded as unverified, and not copied
+    // into that key's own history.
+    let forged = forge_key("live", &admin_id);
+    let bearer = format!("Bearer {forged}");
+    let resp = c.call(
+        "POST",
+        &format!("/admin/keys/{id}/revoke"),
+        &[("Authorization", &bearer)],
+        None,
+    );
+    assert_eq!(resp.code(), "invalid_admin_credential");
+    let all = c.admin("GET", "/admin/audit?limit=20", None).json();
+    let unverified = format!("unverified:{admin_id}");
+    assert!(
+        all["events"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|e| e["actor"] == unverified.as_str()),
+        "{all}"
+    );
+    let own = c.admin("GET", &format!("/admin/audit?key_id={id}"), None).json();
+    assert!(
+        !own["events"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|e| e["action"] == "admin.denied"),
+        "{own}"
+    );
+    // Problem bodies never echo a key, even one sent where a field name or value goes.
+    let (key, _) = c.key_with(&["license:read"]);
+    for body in [json!({"enabled": key}), json!({ key.clone(): 1 })] {
+        let r = c.admin("PATCH", &format!("/admin/keys/{id}"), Some(body));
+        assert_eq!(r.status, 422);
+        assert!(!r.body.contains(&key[25..57]), "{}", r.body);
+    }
+    let r = c.admin("GET", &format!("/admin/keys?{key}=1"), None);
+    assert_eq!(r.code(), "invalid_query");
+    assert!(!r.body.contains(&key[25..57]), "{}", r.body);
 }
