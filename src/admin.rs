@@ -112,6 +112,19 @@ impl<'a, S> AdminContext<'a, S> {
     }
 }
 
+/// A record's own fields (name, description, group, scopes, tenants, metadata) may not hold an
+/// API key: scopes and tenants travel to the origin in `X-Key-*` headers, and every field shows
+/// in the admin API.
+fn no_key_inside(record: &KeyRecord, prefix: &crate::key::KeyPrefix, now: Timestamp) -> Result<(), Problem> {
+    if crate::key::holds_key(&record.view(now).to_string(), prefix) {
+        return Err(invalid_field(
+            "",
+            "A field holds an API key. Keys are secrets: never put one in a name, scope, tenant or metadata.",
+        ));
+    }
+    Ok(())
+}
+
 /// The key an admin request is about, when its path names a well-formed key id.
 pub fn target_key(path: &str) -> Option<KeyId> {
     match endpoint(path)? {
@@ -594,6 +607,7 @@ impl<S: KvStore> AdminContext<'_, S> {
         })?;
         check_header_size(&record)?;
         actor.may_manage(&record)?;
+        no_key_inside(&record, &self.gateway.policy.key_prefix, self.now)?;
         let record = self.records.put(record, self.now).await.map_err(store_error)?;
         self.audit(actor, "key.create", &record.id, req.client_ip, vec![])
             .await;
@@ -674,6 +688,7 @@ impl<S: KvStore> AdminContext<'_, S> {
         }
         check_header_size(&next)?;
         actor.may_manage(&next)?;
+        no_key_inside(&next, &self.gateway.policy.key_prefix, self.now)?;
 
         let changed = changed_fields(&current, &next);
         if changed.is_empty() {

@@ -167,7 +167,7 @@ pub fn gateway_paths(policy: &Policy) -> Map<String, Value> {
                 .collect();
             if rest {
                 let tail = if params.iter().any(|p| p == "rest") { "rest_of_path" } else { "rest" };
-                parameters.push(json!({"name": tail, "in": "path", "required": true, "description": "The rest of the path: zero or more segments.", "schema": {"type": "string"}}));
+                parameters.push(json!({"name": tail, "in": "path", "required": true, "description": "The rest of the path: zero or more segments (so the route also covers the bare prefix). Its `/` must be sent literally: an encoded `%2F` is refused with `400 invalid_path`, so a client should not percent-encode this parameter as one segment.", "schema": {"type": "string"}}));
             }
             json!({ "parameters": parameters })
         });

@@ -11,6 +11,12 @@ fuzz_target!(|data: &[u8]| {
     for rules in [PathRules { allow_semicolon: false }, PathRules { allow_semicolon: true }] {
         let Ok(matched) = canonicalize(raw, rules) else { continue };
         let forwarded = matched.encoded(rules);
+        // Routes see each segment without its matrix parameters: never empty, never a dot segment.
+        assert_eq!(matched.matched().len(), matched.segments.len());
+        for name in matched.matched() {
+            assert!(!name.is_empty() && !name.chars().all(|c| c == '.' || c == ' '), "{raw:?}");
+            assert!(!name.contains(';'), "{raw:?}");
+        }
         assert!(forwarded.starts_with('/'));
         let again = canonicalize(&forwarded, rules).expect("the forwarded path is accepted again");
         assert_eq!(again.segments, matched.segments, "{raw:?} -> {forwarded:?}");

@@ -86,3 +86,25 @@ fn never_a_secret_in_records_or_audit() {
         assert!(!v.contains(secret) && !k.contains(secret), "{k}");
     }
 }
+
+#[test]
+fn no_field_may_hold_a_key() {
+    let w = World::new();
+    let (key, rec) = w.issue(json!({"name": "k", "scopes": ["license:read"]}));
+    let id = rec["id"].as_str().unwrap();
+    let before = w.keys_state();
+    for body in [
+        json!({"name": "x", "scopes": [key.clone()]}),
+        json!({"name": key.clone(), "scopes": ["a"]}),
+        json!({"name": "x", "scopes": ["a"], "tenants": [key.clone()]}),
+        json!({"name": "x", "scopes": ["a"], "metadata": {"note": format!("old key {key}")}}),
+    ] {
+        let p = w.admin("POST", "/admin/keys", Some(body)).unwrap_err();
+        assert_eq!((p.status, p.code), (422, "invalid_field"));
+    }
+    let p = w
+        .admin("PATCH", &format!("/admin/keys/{id}"), Some(json!({"description": key})))
+        .unwrap_err();
+    assert_eq!(p.status, 422);
+    assert_eq!(w.keys_state(), before);
+}
