@@ -103,7 +103,11 @@ fn no_field_may_hold_a_key() {
         assert_eq!((p.status, p.code), (422, "invalid_field"));
     }
     let p = w
-        .admin("PATCH", &format!("/admin/keys/{id}"), Some(json!({"description": key})))
+        .admin(
+            "PATCH",
+            &format!("/admin/keys/{id}"),
+            Some(json!({"description": key})),
+        )
         .unwrap_err();
     assert_eq!(p.status, 422);
     assert_eq!(w.keys_state(), before);
