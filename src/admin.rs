@@ -1121,11 +1121,17 @@ impl<S: KvStore> AdminContext<'_, S> {
             i64::MAX.saturating_sub(self.now.millis()),
             u32::MAX.saturating_sub(seq)
         );
-        let _ = self
-            .records
-            .store
-            .put(&format!("{AUDIT_PREFIX}{order}"), &json)
-            .await;
+        // Events of unverified attempts expire: anyone can cause them, nobody should have to
+        // keep them forever.
+        let global = format!("{AUDIT_PREFIX}{order}");
+        let _ = if actor == "unknown" || actor.starts_with("unverified:") {
+            self.records
+                .store
+                .put_expiring(&global, &json, UNVERIFIED_AUDIT_TTL_SECONDS)
+                .await
+        } else {
+            self.records.store.put(&global, &json).await
+        };
         if let Some(id) = key_id {
             let _ = self
                 .records
@@ -1137,6 +1143,8 @@ impl<S: KvStore> AdminContext<'_, S> {
 }
 
 const AUDIT_PREFIX: &str = "audit:";
+/// How long the audit log keeps an event of an attempt with an unverified credential.
+const UNVERIFIED_AUDIT_TTL_SECONDS: u64 = 30 * 24 * 3600;
 
 fn audit_key_prefix(id: &KeyId) -> String {
     format!("audit-key:{id}:")

@@ -120,6 +120,16 @@ impl store::KvStore for Kv {
             .map_err(kv_error)
     }
 
+    async fn put_expiring(&self, key: &str, value: &str, ttl_seconds: u64) -> Result<(), StoreError> {
+        self.inner
+            .put(key, value)
+            .map_err(kv_error)?
+            .expiration_ttl(ttl_seconds.max(60))
+            .execute()
+            .await
+            .map_err(kv_error)
+    }
+
     async fn delete(&self, key: &str) -> Result<(), StoreError> {
         self.inner.delete(key).await.map_err(kv_error)
     }

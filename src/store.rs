@@ -47,6 +47,12 @@ pub struct ListPage {
 pub trait KvStore {
     async fn get(&self, key: &str) -> Result<Option<String>, StoreError>;
     async fn put(&self, key: &str, value: &str) -> Result<(), StoreError>;
+    /// A value the store may forget after `ttl_seconds` (Workers KV's `expirationTtl`, at least
+    /// 60). Stores without expiry keep it, which is always allowed.
+    async fn put_expiring(&self, key: &str, value: &str, ttl_seconds: u64) -> Result<(), StoreError> {
+        let _ = ttl_seconds;
+        self.put(key, value).await
+    }
     async fn delete(&self, key: &str) -> Result<(), StoreError>;
     /// Keys with `prefix`, in lexicographic order, at most `limit` of them.
     async fn list(&self, prefix: &str, cursor: Option<&str>, limit: u32) -> Result<ListPage, StoreError>;

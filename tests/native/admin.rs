@@ -112,3 +112,52 @@ fn no_field_may_hold_a_key() {
     assert_eq!(p.status, 422);
     assert_eq!(w.keys_state(), before);
 }
+
+/// A store that records which keys were written to expire, and after how long.
+#[derive(Default)]
+struct TtlRecorder {
+    inner: keygate::store::MemoryStore,
+    expiring: std::cell::RefCell<Vec<(String, u64)>>,
+}
+
+impl keygate::store::KvStore for TtlRecorder {
+    async fn get(&self, k: &str) -> Result<Option<String>, keygate::store::StoreError> {
+        self.inner.get(k).await
+    }
+    async fn put(&self, k: &str, v: &str) -> Result<(), keygate::store::StoreError> {
+        self.inner.put(k, v).await
+    }
+    async fn put_expiring(&self, k: &str, v: &str, ttl: u64) -> Result<(), keygate::store::StoreError> {
+        self.expiring.borrow_mut().push((k.to_owned(), ttl));
+        self.inner.put(k, v).await
+    }
+    async fn delete(&self, k: &str) -> Result<(), keygate::store::StoreError> {
+        self.inner.delete(k).await
+    }
+    async fn list(
+        &self,
+        p: &str,
+        c: Option<&str>,
+        l: u32,
+    ) -> Result<keygate::store::ListPage, keygate::store::StoreError> {
+        self.inner.list(p, c, l).await
+    }
+}
+
+#[test]
+fn unverified_attempts_expire_from_the_audit_log_and_real_changes_do_not() {
+    let w = World::with_store(TtlRecorder::default());
+    w.issue(json!({"name": "k", "scopes": ["license:read"]}));
+    assert!(
+        w.store.expiring.borrow().is_empty(),
+        "a real change was written to expire"
+    );
+    let p = w
+        .admin_raw("GET", "/admin/keys", "not-the-token", None)
+        .unwrap_err();
+    assert_eq!(p.code, "invalid_admin_credential");
+    let expiring = w.store.expiring.borrow().clone();
+    assert_eq!(expiring.len(), 1, "{expiring:?}");
+    assert!(expiring[0].0.starts_with("audit:"));
+    assert_eq!(expiring[0].1, 30 * 24 * 3600);
+}
