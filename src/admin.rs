@@ -839,75 +839,10 @@ impl<S: KvStore> AdminContext<'_, S> {
             .put(new_record, self.now)
             .await
             .map_err(store_error)?;
-        // Re-read the old key just before retiring it: a PATCH that disabled or narrowed it
-        // since it was read must not be undone, nor its old grants handed to the successor.
-        // (KV has no compare-and-swap, so this narrows the window rather than closing it; the
-        // registry Durable Object serialises these writes.)
-        let fresh = match self.records.load(&old.id, self.now).await {
-            Ok(Some(r)) => r,
-            Ok(None) => {
-                let _ = self.records.delete(&new_record.id, self.now).await;
-                return Err(key_not_found());
-            }
-            Err(e) => {
-                let _ = self.records.delete(&new_record.id, self.now).await;
-                return Err(lookup_error(e));
-            }
-        };
-        let same_grants = fresh.enabled == old.enabled
-            && fresh.revoked_at == old.revoked_at
-            && fresh.rotated_to == old.rotated_to
-            && fresh.scopes == old.scopes
-            && fresh.ip_allowlist == old.ip_allowlist
-            && fresh.tenants == old.tenants
-            && fresh.expires_at == old.expires_at;
-        if !same_grants {
+        if let Err(p) = self.retire(&old, &retirement).await {
+            // Leave no working successor behind a rotation that did not happen.
             let _ = self.records.delete(&new_record.id, self.now).await;
-            return Err(Problem::new(
-                409,
-                "key_changed",
-                "Key changed",
-                "The key changed while it was being rotated; nothing was rotated. Read it again and retry.",
-            ));
-        }
-        // The fact first, then the old record.
-        let mut retired = (*fresh).clone();
-        retired.updated_at = self.now;
-        let result = match self.records.mark_retired(&old.id, &retirement).await {
-            Ok(()) => match self.records.lifecycle(&old.id).await {
-                // Another rotation wrote its successor over ours: it won, this one backs out.
-                Ok(life)
-                    if life
-                        .retired
-                        .as_ref()
-                        .is_some_and(|r| r.successor != retirement.successor) =>
-                {
-                    let _ = self.records.delete(&new_record.id, self.now).await;
-                    return Err(Problem::new(
-                        409,
-                        "already_rotated",
-                        "Already rotated",
-                        "This key was rotated by another request at the same time; rotate its successor.",
-                    ));
-                }
-                Ok(_) => {
-                    retirement_of(&retirement, &mut retired);
-                    self.records.save(retired, self.now).await
-                }
-                Err(e) => Err(e),
-            },
-            Err(e) => Err(e),
-        };
-        match result {
-            Ok(Some(_)) => {}
-            other => {
-                // Leave no working successor behind a rotation that did not happen.
-                let _ = self.records.delete(&new_record.id, self.now).await;
-                return Err(match other {
-                    Ok(_) => key_not_found(),
-                    Err(e) => store_error(e),
-                });
-            }
+            return Err(p);
         }
         self.audit(
             actor,
@@ -929,6 +864,63 @@ impl<S: KvStore> AdminContext<'_, S> {
             201,
             json!({"key": key.expose(), "record": new_record.view(self.now)}),
         )
+    }
+
+    /// Retire `old` in favour of the successor named in `retirement`. `Err`: this request
+    /// retired nothing, and the caller removes the successor it wrote.
+    async fn retire(&self, old: &KeyRecord, retirement: &Retirement) -> Result<(), Problem> {
+        // Re-read the old key just before retiring it: a PATCH that disabled or narrowed it
+        // since it was read must not be undone, nor its old grants handed to the successor.
+        // (KV has no compare-and-swap, so this narrows the window rather than closing it; the
+        // registry Durable Object serialises these writes.)
+        let fresh = self
+            .records
+            .load(&old.id, self.now)
+            .await
+            .map_err(lookup_error)?
+            .ok_or_else(key_not_found)?;
+        let same_grants = fresh.enabled == old.enabled
+            && fresh.revoked_at == old.revoked_at
+            && fresh.rotated_to == old.rotated_to
+            && fresh.scopes == old.scopes
+            && fresh.ip_allowlist == old.ip_allowlist
+            && fresh.tenants == old.tenants
+            && fresh.expires_at == old.expires_at;
+        if !same_grants {
+            return Err(Problem::new(
+                409,
+                "key_changed",
+                "Key changed",
+                "The key changed while it was being rotated; nothing was rotated. Read it again and retry.",
+            ));
+        }
+        // The fact first, then the old record.
+        self.records
+            .mark_retired(&old.id, retirement)
+            .await
+            .map_err(store_error)?;
+        let life = self.records.lifecycle(&old.id).await.map_err(store_error)?;
+        if life
+            .retired
+            .as_ref()
+            .is_some_and(|r| r.successor != retirement.successor)
+        {
+            // Another rotation wrote its successor over ours: it won, this one backs out.
+            return Err(Problem::new(
+                409,
+                "already_rotated",
+                "Already rotated",
+                "This key was rotated by another request at the same time; rotate its successor.",
+            ));
+        }
+        let mut retired = (*fresh).clone();
+        retired.updated_at = self.now;
+        retirement_of(retirement, &mut retired);
+        match self.records.save(retired, self.now).await {
+            Ok(Some(_)) => Ok(()),
+            Ok(None) => Err(key_not_found()),
+            Err(e) => Err(store_error(e)),
+        }
     }
 
     async fn delete<H: HeaderSource + ?Sized>(
