@@ -198,6 +198,15 @@ fn answer(
     if let Some(r) = reason {
         m.insert("reason".into(), serde_json::json!(r));
     }
+    respond(ctx, p, m)
+}
+
+/// Writes the problem's log line `m` (at error level from 500 on) and answers with it.
+fn respond(
+    ctx: &RequestContext<'_>,
+    p: &Problem,
+    m: serde_json::Map<String, serde_json::Value>,
+) -> worker::Result<Response> {
     if p.status >= 500 {
         console_error!("{}", log::line(m));
     } else {
@@ -600,11 +609,8 @@ async fn admin(
             m.insert("actor".into(), serde_json::json!(admin.actor()));
             if p.status >= 500 {
                 m.insert("reason".into(), serde_json::json!(p.detail));
-                console_error!("{}", log::line(m));
-            } else {
-                console_log!("{}", log::line(m));
             }
-            problem_response(&p, ctx)?
+            respond(ctx, &p, m)?
         }
     };
     no_store(response)
