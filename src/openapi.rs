@@ -15,8 +15,8 @@ fn reference(name: &str) -> Value {
     json!({ "$ref": format!("#/components/responses/{name}") })
 }
 
-/// `/orgs/{org}/*` → (`/orgs/{org}/{rest}`, [`org`], has rest).
-fn template(source: &str) -> (String, Vec<String>, bool) {
+/// `/orgs/{org}/*` → (`/orgs/{org}/{rest}`, [`org`], the tail's parameter name `rest`).
+fn template(source: &str) -> (String, Vec<String>, Option<&'static str>) {
     let (body, rest) = match source.strip_suffix('*') {
         Some(b) => (b.trim_end_matches('/'), true),
         None => (source, false),
@@ -26,20 +26,22 @@ fn template(source: &str) -> (String, Vec<String>, bool) {
         .filter_map(|s| s.strip_prefix('{').and_then(|s| s.strip_suffix('}')))
         .map(str::to_owned)
         .collect();
-    let mut path = body.to_owned();
-    if rest {
-        // A route's own parameter may be called `rest`; the tail then gets another name.
-        let tail = if params.iter().any(|p| p == "rest") {
+    // A route's own parameter may be called `rest`; the tail then gets another name.
+    let tail = rest.then(|| {
+        if params.iter().any(|p| p == "rest") {
             "rest_of_path"
         } else {
             "rest"
-        };
-        path.push_str(&format!("/{{{tail}}}"));
+        }
+    });
+    let mut path = body.to_owned();
+    if let Some(t) = tail {
+        path.push_str(&format!("/{{{t}}}"));
     }
     if path.is_empty() {
         path.push('/');
     }
-    (path, params, rest)
+    (path, params, tail)
 }
 
 fn describe(route: &Route) -> String {
@@ -159,14 +161,13 @@ fn operation(route: &Route, method: &str) -> Value {
 pub fn gateway_paths(policy: &Policy) -> Map<String, Value> {
     let mut paths = Map::new();
     for route in &policy.routes {
-        let (path, params, rest) = template(route.pattern.source());
+        let (path, params, tail) = template(route.pattern.source());
         let item = paths.entry(path).or_insert_with(|| {
             let mut parameters: Vec<Value> = params
                 .iter()
                 .map(|p| json!({"name": p, "in": "path", "required": true, "description": "One path segment.", "schema": {"type": "string"}}))
                 .collect();
-            if rest {
-                let tail = if params.iter().any(|p| p == "rest") { "rest_of_path" } else { "rest" };
+            if let Some(tail) = tail {
                 parameters.push(json!({"name": tail, "in": "path", "required": true, "description": "The rest of the path: zero or more segments (so the route also covers the bare prefix). Its `/` must be sent literally: an encoded `%2F` is refused with `400 invalid_path`, so a client should not percent-encode this parameter as one segment.", "schema": {"type": "string"}}));
             }
             json!({ "parameters": parameters })
@@ -246,11 +247,15 @@ mod tests {
 
     #[test]
     fn templates() {
-        assert_eq!(template("/*"), ("/{rest}".into(), vec![], true));
+        assert_eq!(template("/*"), ("/{rest}".into(), vec![], Some("rest")));
         assert_eq!(
             template("/a/{rest}/*"),
-            ("/a/{rest}/{rest_of_path}".into(), vec!["rest".into()], true)
+            (
+                "/a/{rest}/{rest_of_path}".into(),
+                vec!["rest".into()],
+                Some("rest_of_path")
+            )
         );
-        assert_eq!(template("/a/b"), ("/a/b".into(), vec![], false));
+        assert_eq!(template("/a/b"), ("/a/b".into(), vec![], None));
     }
 }
