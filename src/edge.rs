@@ -29,6 +29,8 @@ use worker::{
 struct Deployment {
     gateway: Gateway,
     target: Target,
+    /// `ADMIN_TOKEN`, read once: the admin API checks it, and every request is scrubbed of it.
+    admin_token: Option<String>,
 }
 
 const KV_BINDING: &str = "KEYS";
@@ -71,6 +73,7 @@ fn deployment(env: &Env) -> Result<Rc<Deployment>, String> {
                 Ok(Rc::new(Deployment {
                     gateway: Gateway { policy, hasher },
                     target,
+                    admin_token: env.secret("ADMIN_TOKEN").ok().map(|s| s.to_string()),
                 }))
             })
             .clone()
@@ -304,14 +307,13 @@ async fn handle(req: Request, env: &Env, request_id: &str) -> worker::Result<Res
     };
     let gateway = &deployment.gateway;
     let policy = &gateway.policy;
-    let admin_token = env.secret("ADMIN_TOKEN").ok().map(|s| s.to_string());
     let ctx = RequestContext {
         request_id,
         method: &method,
         path: &raw_path,
         client_ip,
         key_prefix: &policy.key_prefix,
-        token: admin_token.as_deref(),
+        token: deployment.admin_token.as_deref(),
     };
     let host = url.host_str().unwrap_or_default().to_ascii_lowercase();
     // Host and port as the URL has them (no port when it is the scheme's default).
@@ -550,8 +552,7 @@ async fn admin(
         inner: env.kv(KV_BINDING)?,
         cache_ttl: None,
     };
-    let token = ctx.token.map(str::to_owned);
-    let weakness = crate::admin::admin_token_weakness(token.as_deref());
+    let weakness = crate::admin::admin_token_weakness(ctx.token);
     if let Some(reason) = weakness
         && !TOKEN_WARNED.replace(true)
     {
@@ -560,7 +561,7 @@ async fn admin(
         m.insert("reason".into(), serde_json::json!(reason));
         console_error!("{}", log::line(m));
     }
-    let admin = AdminContext::new(gateway, Records { store: &kv, cache }, token.as_deref(), now());
+    let admin = AdminContext::new(gateway, Records { store: &kv, cache }, ctx.token, now());
     let headers = RequestHeaders(req.headers());
     let request = AdminRequest {
         method: ctx.method,

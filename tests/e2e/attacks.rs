@@ -114,10 +114,13 @@ fn marker() -> String {
 
 /// A request sent byte for byte: the path exactly as written, no client normalisation.
 fn raw(base: &str, method: &str, target: &str, headers: &[(&str, &str)]) -> Resp {
-    let url = format!("{base}{target}");
-    let host = base.trim_start_matches("http://");
+    raw_as(base, base.trim_start_matches("http://"), method, target, headers)
+}
+
+/// [`raw`], claiming another `Host`.
+fn raw_as(base: &str, host: &str, method: &str, target: &str, headers: &[(&str, &str)]) -> Resp {
     send_bytes(
-        &url,
+        &format!("{base}{target}"),
         &format!("Host: {host}\r\nContent-Length: 0\r\n"),
         method,
         headers,
@@ -350,14 +353,7 @@ fn target_host_header_never_chooses_it(c: &Ctx) {
         format!("localhost:{}", t.port),
     ] {
         let m = marker();
-        let url = format!("{}/public/x?{m}", c.main.base);
-        let r = send_bytes(
-            &url,
-            &format!("Host: {host}\r\nContent-Length: 0\r\n"),
-            "GET",
-            &[],
-            b"",
-        );
+        let r = raw_as(&c.main.base, &host, "GET", &format!("/public/x?{m}"), &[]);
         assert_eq!(r.status, 200, "Host {host}: {}", r.body);
         assert_eq!(r.echoed()["query"], m.as_str(), "the configured origin answered");
         assert_eq!(c.origin.received(&m).len(), 1);
@@ -378,14 +374,7 @@ fn target_route_mode_serves_only_its_hostnames(c: &Ctx) {
         "127.0.0.1".to_owned(),
         format!("evil.example:{port}"),
     ] {
-        let url = format!("{base}/public/x?{m}");
-        let r = send_bytes(
-            &url,
-            &format!("Host: {host}\r\nContent-Length: 0\r\n"),
-            "GET",
-            &[],
-            b"",
-        );
+        let r = raw_as(base, &host, "GET", &format!("/public/x?{m}"), &[]);
         assert_eq!(
             (r.status, r.code().as_str()),
             (421, "misdirected_request"),
@@ -901,7 +890,6 @@ fn admin_chunked_body_is_bounded(c: &Ctx) {
 }
 
 fn admin_fenced_by_host_and_address(c: &Ctx) {
-    let url = format!("{}/admin/keys", c.edge.base);
     let auth = format!("Bearer {}", c.edge.admin_token);
     let port = c.edge.base.rsplit(':').next().unwrap();
     let call = |host: &str, ip: Option<&str>| {
@@ -909,27 +897,12 @@ fn admin_fenced_by_host_and_address(c: &Ctx) {
         if let Some(ip) = ip {
             hs.push(("CF-Connecting-IP", ip));
         }
-        send_bytes(
-            &url,
-            &format!("Host: {host}\r\nContent-Length: 0\r\n"),
-            "GET",
-            &hs,
-            b"",
-        )
+        raw_as(&c.edge.base, host, "GET", "/admin/keys", &hs)
     };
     let inside = call(&format!("admin.localhost:{port}"), Some("10.1.2.3"));
     assert_eq!(inside.status, 200, "{}", inside.body);
     let unknown = call(&format!("admin.localhost:{port}"), None);
-    let nowhere = send_bytes(
-        &format!("{}/nothing-here", c.main.base),
-        &format!(
-            "Host: {}\r\nContent-Length: 0\r\n",
-            c.main.base.trim_start_matches("http://")
-        ),
-        "GET",
-        &[],
-        b"",
-    );
+    let nowhere = raw(&c.main.base, "GET", "/nothing-here", &[]);
     for (what, r) in [
         (
             "another address",
