@@ -210,45 +210,50 @@ const SECRET_HEX_SHOWN: usize = 16;
 /// `<prefix>_live_` or `<prefix>_test_`, a 16-hex key id, `_`, and at least 16 hex digits of the
 /// secret, in any letter case; the span runs to the end of the run of key characters.
 pub fn key_like_spans(text: &str, prefix: &KeyPrefix) -> Vec<(usize, usize)> {
-    let p = prefix.as_str().as_bytes();
-    let t = text.as_bytes();
-    let at = |i: usize| t.get(i).map(u8::to_ascii_lowercase);
-    let hex = |i: usize| at(i).is_some_and(|c| c.is_ascii_hexdigit());
     let mut spans = Vec::new();
     let mut start = 0;
-    while start < t.len() {
-        let mut i = start;
-        let shaped = p.iter().all(|&b| {
-            let ok = at(i) == Some(b);
-            i += 1;
-            ok
-        }) && at(i) == Some(b'_')
-            && [b"live", b"test"]
-                .iter()
-                .any(|env| env.iter().enumerate().all(|(k, &e)| at(i + 1 + k) == Some(e)))
-            && at(i + 5) == Some(b'_')
-            && (i + 6..i + 6 + ID_HEX).all(hex)
-            && at(i + 6 + ID_HEX) == Some(b'_')
-            && (i + 7 + ID_HEX..i + 7 + ID_HEX + SECRET_HEX_SHOWN).all(hex);
-        if shaped {
-            let mut end = i + 7 + ID_HEX + SECRET_HEX_SHOWN;
-            while at(end).is_some_and(|c| c.is_ascii_hexdigit() || c == b'_') {
-                end += 1;
+    while start < text.len() {
+        match key_like_at(text.as_bytes(), prefix.as_str().as_bytes(), start) {
+            Some(end) => {
+                spans.push((start, end));
+                start = end;
             }
-            spans.push((start, end));
-            start = end;
-        } else {
-            start += 1;
+            None => start += 1,
         }
     }
     spans
 }
 
+/// Where a key-shaped string starting at `start` ends, if one starts there.
+fn key_like_at(t: &[u8], p: &[u8], start: usize) -> Option<usize> {
+    let at = |i: usize| t.get(i).map(u8::to_ascii_lowercase);
+    let hex = |i: usize| at(i).is_some_and(|c| c.is_ascii_hexdigit());
+    let i = start + p.len();
+    let shaped = p.iter().enumerate().all(|(k, &b)| at(start + k) == Some(b))
+        && at(i) == Some(b'_')
+        && [b"live", b"test"]
+            .iter()
+            .any(|env| env.iter().enumerate().all(|(k, &e)| at(i + 1 + k) == Some(e)))
+        && at(i + 5) == Some(b'_')
+        && (i + 6..i + 6 + ID_HEX).all(hex)
+        && at(i + 6 + ID_HEX) == Some(b'_')
+        && (i + 7 + ID_HEX..i + 7 + ID_HEX + SECRET_HEX_SHOWN).all(hex);
+    if !shaped {
+        return None;
+    }
+    let mut end = i + 7 + ID_HEX + SECRET_HEX_SHOWN;
+    while at(end).is_some_and(|c| c.is_ascii_hexdigit() || c == b'_') {
+        end += 1;
+    }
+    Some(end)
+}
+
 /// Does `text` hold something shaped like one of this gateway's keys (see [`key_like_spans`])?
 /// Used to keep keys from ever reaching the origin, a log line or a response body, also when
-/// the checksum is wrong or the key sits in an unexpected place.
+/// the checksum is wrong or the key sits in an unexpected place. Stops at the first one.
 pub fn contains_key_like(text: &str, prefix: &KeyPrefix) -> bool {
-    !key_like_spans(text, prefix).is_empty()
+    let (t, p) = (text.as_bytes(), prefix.as_str().as_bytes());
+    (0..t.len()).any(|start| key_like_at(t, p, start).is_some())
 }
 
 /// `text` with every key-shaped string, and every occurrence of `token` (the admin token, when
