@@ -4,6 +4,7 @@
 use serde_json::{Map, Value, json};
 
 use crate::decide::Denial;
+use crate::store::{LookupError, StoreError};
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct Problem {
@@ -220,6 +221,188 @@ pub fn policy_invalid() -> Problem {
         "Policy invalid",
         "The gateway's route policy is invalid, so every request is denied. The reason is in the worker's logs.",
     )
+}
+
+// ---- admin API -------------------------------------------------------------------------------
+
+/// `503 admin_disabled`: no `ADMIN_TOKEN` is set.
+pub fn admin_disabled() -> Problem {
+    Problem::new(
+        503,
+        "admin_disabled",
+        "Admin API disabled",
+        "Set the ADMIN_TOKEN secret to enable the admin API.",
+    )
+}
+
+/// `503 admin_disabled`: the `ADMIN_TOKEN` is too short to be trusted.
+pub fn admin_token_too_short() -> Problem {
+    Problem::new(
+        503,
+        "admin_disabled",
+        "Admin API disabled",
+        "The ADMIN_TOKEN secret is too short (fewer than 32 characters), so the admin API is off. Set a longer one, such as the output of `openssl rand -hex 32`.",
+    )
+}
+
+/// `401 invalid_admin_credential`: the credential is neither the admin token nor a valid key.
+pub fn invalid_admin_credential(realm: &str) -> Problem {
+    Problem::new(
+        401,
+        "invalid_admin_credential",
+        "Invalid admin credential",
+        "The credential is neither the admin token nor a valid admin key.",
+    )
+    .header(
+        "WWW-Authenticate",
+        format!("Bearer realm=\"{realm}\", error=\"invalid_token\""),
+    )
+}
+
+/// `403 insufficient_scope`: an admin key lacks the scope the endpoint requires.
+pub fn admin_key_lacks_scope(scope: &str) -> Problem {
+    Problem::new(
+        403,
+        "insufficient_scope",
+        "Insufficient scope",
+        format!("This admin key lacks `{scope}`."),
+    )
+    .with("required_scopes", json!([scope]))
+}
+
+/// `403 scope_escalation`: the key an admin key would create or change is beyond its reach;
+/// `detail` says on which axis.
+pub fn scope_escalation(detail: String) -> Problem {
+    Problem::new(403, "scope_escalation", "Scope escalation", detail)
+}
+
+pub fn not_found() -> Problem {
+    Problem::new(404, "not_found", "Not found", "No admin endpoint has this path.")
+}
+
+pub fn key_not_found() -> Problem {
+    Problem::new(404, "key_not_found", "Key not found", "No key has this id.")
+}
+
+pub fn invalid_field(field: &str, detail: impl Into<String>) -> Problem {
+    Problem::new(422, "invalid_field", "Invalid field", detail).with("field", json!(field))
+}
+
+pub fn invalid_query(parameter: &str, detail: String) -> Problem {
+    Problem::new(400, "invalid_query", "Invalid query parameter", detail).with("parameter", json!(parameter))
+}
+
+pub fn invalid_cursor() -> Problem {
+    Problem::new(
+        400,
+        "invalid_cursor",
+        "Invalid cursor",
+        "Not a cursor this endpoint returned for these filters: use the `cursor` of the previous page with the same endpoint and filters.",
+    )
+    .with("parameter", json!("cursor"))
+}
+
+pub fn payload_too_large() -> Problem {
+    Problem::new(
+        413,
+        "payload_too_large",
+        "Payload too large",
+        "The body is over 64 KiB.",
+    )
+}
+
+pub fn unsupported_media_type() -> Problem {
+    Problem::new(
+        415,
+        "unsupported_media_type",
+        "Unsupported media type",
+        "Send `Content-Type: application/json`.",
+    )
+}
+
+pub fn malformed_json(e: &serde_json::Error) -> Problem {
+    Problem::new(
+        400,
+        "malformed_json",
+        "Malformed JSON",
+        format!("The body is not valid JSON: {e}"),
+    )
+}
+
+pub fn key_revoked(detail: &str) -> Problem {
+    Problem::new(409, "key_revoked", "Key revoked", detail)
+}
+
+pub fn key_retired() -> Problem {
+    Problem::new(
+        409,
+        "key_retired",
+        "Key retired",
+        "This key was retired by a rotation: its expiry is the end of its grace period and cannot change.",
+    )
+}
+
+pub fn key_disabled() -> Problem {
+    Problem::new(
+        409,
+        "key_disabled",
+        "Key disabled",
+        "A disabled key cannot be rotated: enable it first, or issue a new key.",
+    )
+}
+
+pub fn key_expired() -> Problem {
+    Problem::new(
+        409,
+        "key_expired",
+        "Key expired",
+        "An expired key cannot be rotated (its successor could not outlive it); issue a new key.",
+    )
+}
+
+pub fn already_rotated() -> Problem {
+    Problem::new(
+        409,
+        "already_rotated",
+        "Already rotated",
+        "This key has already been rotated; rotate its successor.",
+    )
+}
+
+/// `409 already_rotated`: another rotation of the same key won the race.
+pub fn rotated_concurrently() -> Problem {
+    Problem::new(
+        409,
+        "already_rotated",
+        "Already rotated",
+        "This key was rotated by another request at the same time; rotate its successor.",
+    )
+}
+
+/// `409 key_changed`: the key changed between the read and the retirement of a rotation.
+pub fn key_changed() -> Problem {
+    Problem::new(
+        409,
+        "key_changed",
+        "Key changed",
+        "The key changed while it was being rotated; nothing was rotated. Read it again and retry.",
+    )
+}
+
+pub fn store_error(_: StoreError) -> Problem {
+    store_unavailable()
+}
+
+pub fn lookup_error(e: LookupError) -> Problem {
+    match e {
+        LookupError::Store(_) => store_unavailable(),
+        LookupError::Corrupt(_) => Problem::new(
+            500,
+            "record_invalid",
+            "Key record invalid",
+            "The stored record for this key could not be read.",
+        ),
+    }
 }
 
 #[cfg(test)]

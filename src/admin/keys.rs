@@ -1,0 +1,414 @@
+//! The key use-cases: create, update, revoke, rotate (with the retirement of the old key) and
+//! delete, each on a record read fresh from the store with its lifecycle facts applied.
+
+use std::rc::Rc;
+
+use serde_json::{Value, json};
+
+use crate::credential::HeaderSource;
+use crate::key::{ApiKey, Environment, KeyId};
+use crate::problem::{
+    Problem, already_rotated, internal_error, invalid_field, key_changed, key_disabled, key_expired,
+    key_not_found, key_retired, key_revoked, lookup_error, rotated_concurrently, store_error,
+};
+use crate::record::{KeyRecord, Retirement, Revocation, Status, slug};
+use crate::store::{KvStore, LookupError};
+
+use super::actor::Actor;
+use super::audit::{AuditAction, changed_fields};
+use super::input::{
+    CreateBody, PatchBody, RevokeBody, RotateBody, check_header_size, duration, expiry, no_key_inside,
+    parse_body, valid_allowlist, valid_description, valid_environment, valid_group, valid_metadata,
+    valid_name, valid_scopes, valid_tenants, valid_text,
+};
+use super::{AdminContext, AdminRequest, AdminResult, Reply, ok};
+
+/// The retired record: its successor, and its expiry capped at the grace end.
+fn retirement_of(r: &Retirement, record: &mut KeyRecord) {
+    let life = crate::record::Lifecycle {
+        retired: Some(r.clone()),
+        ..Default::default()
+    };
+    life.apply(record);
+}
+
+impl<S: KvStore> AdminContext<'_, S> {
+    /// The key's record as the admin API acts on it: straight from the store, with every
+    /// lifecycle fact applied, and only when the actor can reach it (anything else is
+    /// `404 key_not_found`, so the existence of keys beyond reach is not disclosed).
+    pub(super) async fn existing(&self, actor: &Actor, raw_id: &str) -> Result<Rc<KeyRecord>, Problem> {
+        let id = KeyId::parse(raw_id).ok_or_else(key_not_found)?;
+        let record = self
+            .records
+            .load(&id, self.now)
+            .await
+            .map_err(lookup_error)?
+            .ok_or_else(key_not_found)?;
+        let life = self.records.lifecycle(&id).await.map_err(store_error)?;
+        if life.deleted {
+            return Err(key_not_found());
+        }
+        let mut merged = (*record).clone();
+        let record = if life.apply(&mut merged) {
+            Rc::new(merged)
+        } else {
+            record
+        };
+        if !actor.sees(&record) {
+            return Err(key_not_found());
+        }
+        Ok(record)
+    }
+
+    pub(super) async fn create<H: HeaderSource + ?Sized>(
+        &self,
+        actor: &Actor,
+        req: &AdminRequest<'_, H>,
+    ) -> AdminResult {
+        let body: CreateBody = parse_body(req, false)?;
+        let environment = body
+            .environment
+            .as_deref()
+            .map_or(Ok(Environment::Live), valid_environment)?;
+        let name = valid_name(&body.name)?;
+        let scopes = valid_scopes(&body.scopes)?;
+        let ip_allowlist = valid_allowlist(body.ip_allowlist.as_deref().unwrap_or_default())?;
+        let tenants = valid_tenants(body.tenants.unwrap_or_default())?;
+        let metadata = valid_metadata(body.metadata)?;
+        let expires_at = expiry(body.expires_in.as_ref(), body.expires_at.as_deref(), self.now)?;
+        let description = valid_description(body.description)?;
+        let group = valid_group(body.group)?;
+
+        let (key, record) = self.new_key(environment, |id, hash_version, hash| KeyRecord {
+            id,
+            tag: slug(&name),
+            name,
+            description,
+            group,
+            environment,
+            scopes,
+            ip_allowlist,
+            tenants,
+            metadata,
+            created_at: self.now,
+            updated_at: self.now,
+            expires_at,
+            enabled: true,
+            revoked_at: None,
+            revoke_reason: None,
+            rotated_from: None,
+            rotated_to: None,
+            hash_version,
+            hash,
+        })?;
+        check_header_size(&record)?;
+        actor.may_manage(&record)?;
+        no_key_inside(&record, &self.gateway.policy.key_prefix, self.now)?;
+        let record = self.records.put(record, self.now).await.map_err(store_error)?;
+        self.audit(actor, AuditAction::KeyCreate, &record.id, req.client_ip, vec![])
+            .await;
+        ok(201, json!({"key": key.expose(), "record": record.view(self.now)}))
+    }
+
+    /// A fresh key and the record built around its id and hash.
+    fn new_key(
+        &self,
+        environment: Environment,
+        build: impl FnOnce(KeyId, crate::key::HashVersion, String) -> KeyRecord,
+    ) -> Result<(ApiKey, KeyRecord), Problem> {
+        let key = ApiKey::generate(&self.gateway.policy.key_prefix, environment)
+            .map_err(|_| internal_error("No randomness available."))?;
+        let (version, hash) = self.gateway.hasher.hash(&key);
+        let record = build(key.id().clone(), version, hash);
+        Ok((key, record))
+    }
+
+    pub(super) async fn update<H: HeaderSource + ?Sized>(
+        &self,
+        actor: &Actor,
+        raw_id: &str,
+        req: &AdminRequest<'_, H>,
+    ) -> AdminResult {
+        let current = self.existing(actor, raw_id).await?;
+        let body: PatchBody = parse_body(req, false)?;
+        if current.revoked_at.is_some() {
+            return Err(key_revoked("A revoked key cannot be changed."));
+        }
+        let touches_expiry = body.expires_in.is_some() || body.expires_at.is_some();
+        if current.rotated_to.is_some() && touches_expiry {
+            return Err(key_retired());
+        }
+        let mut next = (*current).clone();
+        if let Some(n) = &body.name {
+            next.name = valid_name(n)?;
+            next.tag = slug(&next.name);
+        }
+        if let Some(d) = body.description {
+            next.description = valid_description(d)?;
+        }
+        if let Some(g) = body.group {
+            next.group = valid_group(g)?;
+        }
+        if let Some(s) = &body.scopes {
+            next.scopes = valid_scopes(s)?;
+        }
+        if let Some(l) = &body.ip_allowlist {
+            next.ip_allowlist = valid_allowlist(l)?;
+        }
+        if let Some(t) = body.tenants {
+            next.tenants = valid_tenants(t)?;
+        }
+        if body.metadata.is_some() {
+            next.metadata = valid_metadata(body.metadata)?;
+        }
+        match (&body.expires_in, &body.expires_at) {
+            (None, None) => {}
+            (Some(Value::Null), None) | (None, Some(None)) | (Some(Value::Null), Some(None)) => {
+                next.expires_at = None
+            }
+            (Some(Value::Null), Some(Some(_))) | (Some(_), Some(None)) => {
+                return Err(invalid_field(
+                    "expires_in",
+                    "Give either `expires_in` or `expires_at`, not both.",
+                ));
+            }
+            (i, a) => next.expires_at = expiry(i.as_ref(), a.as_ref().and_then(|a| a.as_deref()), self.now)?,
+        }
+        if let Some(e) = body.enabled {
+            next.enabled = e;
+        }
+        check_header_size(&next)?;
+        actor.may_manage(&next)?;
+        no_key_inside(&next, &self.gateway.policy.key_prefix, self.now)?;
+
+        let changed = changed_fields(&current, &next);
+        if changed.is_empty() {
+            return ok(200, current.view(self.now));
+        }
+        next.updated_at = self.now;
+        let saved = self
+            .records
+            .save(next, self.now)
+            .await
+            .map_err(store_error)?
+            .ok_or_else(key_not_found)?;
+        let (toggled, others): (Vec<_>, Vec<_>) = changed.into_iter().partition(|f| f == "enabled");
+        if !toggled.is_empty() {
+            let action = if saved.enabled {
+                AuditAction::KeyEnable
+            } else {
+                AuditAction::KeyDisable
+            };
+            self.audit(actor, action, &saved.id, req.client_ip, toggled).await;
+        }
+        if !others.is_empty() {
+            self.audit(actor, AuditAction::KeyUpdate, &saved.id, req.client_ip, others)
+                .await;
+        }
+        ok(200, saved.view(self.now))
+    }
+
+    pub(super) async fn revoke<H: HeaderSource + ?Sized>(
+        &self,
+        actor: &Actor,
+        raw_id: &str,
+        req: &AdminRequest<'_, H>,
+    ) -> AdminResult {
+        let current = self.existing(actor, raw_id).await?;
+        let body: RevokeBody = parse_body(req, true)?;
+        let reason = body.reason.map(|r| valid_text("reason", r, 512)).transpose()?;
+        if current.revoked_at.is_some() {
+            // Irreversible and idempotent: the first revocation stands.
+            return ok(200, current.view(self.now));
+        }
+        // The fact first, then the record: whatever else writes the record afterwards finds
+        // the marker and keeps the revocation.
+        let revocation = Revocation { at: self.now, reason };
+        self.records
+            .mark_revoked(&current.id, &revocation)
+            .await
+            .map_err(store_error)?;
+        let mut next = (*current).clone();
+        next.revoked_at = Some(revocation.at);
+        next.revoke_reason = revocation.reason;
+        next.updated_at = self.now;
+        let saved = self
+            .records
+            .save(next, self.now)
+            .await
+            .map_err(store_error)?
+            .ok_or_else(key_not_found)?;
+        self.audit(
+            actor,
+            AuditAction::KeyRevoke,
+            &saved.id,
+            req.client_ip,
+            vec!["revoked_at".into(), "revoke_reason".into()],
+        )
+        .await;
+        ok(200, saved.view(self.now))
+    }
+
+    pub(super) async fn rotate<H: HeaderSource + ?Sized>(
+        &self,
+        actor: &Actor,
+        raw_id: &str,
+        req: &AdminRequest<'_, H>,
+    ) -> AdminResult {
+        let old = self.existing(actor, raw_id).await?;
+        let body: RotateBody = parse_body(req, true)?;
+        let grace = match &body.grace {
+            None => 0,
+            Some(g) => duration(g, true).ok_or_else(|| {
+                invalid_field(
+                    "grace",
+                    "Use a preset (`1h`, `12h`, `1d`, `5d`, `1y`), `Nm`, `Nh`, `Nd`, or whole seconds (a number or digits), 0 to 100 years.",
+                )
+            })?,
+        };
+        match old.status(self.now) {
+            Status::Revoked => return Err(key_revoked("A revoked key cannot be rotated.")),
+            Status::Disabled => return Err(key_disabled()),
+            Status::Expired => return Err(key_expired()),
+            Status::Active => {}
+        }
+        if let Some(successor) = &old.rotated_to {
+            // Rotating again is allowed only when the successor no longer exists (it was
+            // deleted); the old key's expiry stays capped, so this never extends its life.
+            let exists = match self.records.load(successor, self.now).await {
+                Ok(found) => found.is_some(),
+                // A successor whose record is corrupt still exists.
+                Err(LookupError::Corrupt(_)) => true,
+                Err(LookupError::Store(e)) => return Err(store_error(e)),
+            };
+            if exists {
+                return Err(already_rotated());
+            }
+        }
+        // The successor never outlives the old key: it expires when the old key would have.
+        let (key, new_record) = self.new_key(old.environment, |id, hash_version, hash| KeyRecord {
+            id,
+            created_at: self.now,
+            updated_at: self.now,
+            expires_at: old.expires_at,
+            enabled: true,
+            revoked_at: None,
+            revoke_reason: None,
+            rotated_from: Some(old.id.clone()),
+            rotated_to: None,
+            hash_version,
+            hash,
+            ..(*old).clone()
+        })?;
+        actor.may_manage(&new_record)?;
+        let grace_end = self.now.plus_seconds(grace);
+        let retirement = Retirement {
+            successor: new_record.id.clone(),
+            expires_at: old.expires_at.map_or(grace_end, |e| e.min(grace_end)),
+        };
+        let new_record = self
+            .records
+            .put(new_record, self.now)
+            .await
+            .map_err(store_error)?;
+        if let Err(p) = self.retire(&old, &retirement).await {
+            // Leave no working successor behind a rotation that did not happen.
+            let _ = self.records.delete(&new_record.id, self.now).await;
+            return Err(p);
+        }
+        self.audit(
+            actor,
+            AuditAction::KeyRotate,
+            &old.id,
+            req.client_ip,
+            vec!["expires_at".into(), "rotated_to".into()],
+        )
+        .await;
+        self.audit(
+            actor,
+            AuditAction::KeyCreate,
+            &new_record.id,
+            req.client_ip,
+            vec!["rotated_from".into()],
+        )
+        .await;
+        ok(
+            201,
+            json!({"key": key.expose(), "record": new_record.view(self.now)}),
+        )
+    }
+
+    /// Retire `old` in favour of the successor named in `retirement`. `Err`: this request
+    /// retired nothing, and the caller removes the successor it wrote.
+    async fn retire(&self, old: &KeyRecord, retirement: &Retirement) -> Result<(), Problem> {
+        // Re-read the old key just before retiring it: a PATCH that disabled or narrowed it
+        // since it was read must not be undone, nor its old grants handed to the successor.
+        // (KV has no compare-and-swap, so this narrows the window rather than closing it; the
+        // registry Durable Object serialises these writes.)
+        let fresh = self
+            .records
+            .load(&old.id, self.now)
+            .await
+            .map_err(lookup_error)?
+            .ok_or_else(key_not_found)?;
+        let same_grants = fresh.enabled == old.enabled
+            && fresh.revoked_at == old.revoked_at
+            && fresh.rotated_to == old.rotated_to
+            && fresh.scopes == old.scopes
+            && fresh.ip_allowlist == old.ip_allowlist
+            && fresh.tenants == old.tenants
+            && fresh.expires_at == old.expires_at;
+        if !same_grants {
+            return Err(key_changed());
+        }
+        // The fact first, then the old record.
+        self.records
+            .mark_retired(&old.id, retirement)
+            .await
+            .map_err(store_error)?;
+        let life = self.records.lifecycle(&old.id).await.map_err(store_error)?;
+        if life
+            .retired
+            .as_ref()
+            .is_some_and(|r| r.successor != retirement.successor)
+        {
+            // Another rotation wrote its successor over ours: it won, this one backs out.
+            return Err(rotated_concurrently());
+        }
+        let mut retired = (*fresh).clone();
+        retired.updated_at = self.now;
+        retirement_of(retirement, &mut retired);
+        match self.records.save(retired, self.now).await {
+            Ok(Some(_)) => Ok(()),
+            Ok(None) => Err(key_not_found()),
+            Err(e) => Err(store_error(e)),
+        }
+    }
+
+    pub(super) async fn delete<H: HeaderSource + ?Sized>(
+        &self,
+        actor: &Actor,
+        raw_id: &str,
+        req: &AdminRequest<'_, H>,
+    ) -> AdminResult {
+        let id = KeyId::parse(raw_id).ok_or_else(key_not_found)?;
+        match self.existing(actor, raw_id).await {
+            Ok(_) => {}
+            // The operator's token may purge a corrupt record; an admin key cannot prove its reach.
+            Err(p) if p.code == "record_invalid" && matches!(actor, Actor::Token) => {}
+            Err(p) => return Err(p),
+        }
+        // The fact first: a write racing this delete finds it and deletes the record again.
+        self.records
+            .mark_deleted(&id, self.now)
+            .await
+            .map_err(store_error)?;
+        self.records.delete(&id, self.now).await.map_err(store_error)?;
+        self.audit(actor, AuditAction::KeyDelete, &id, req.client_ip, vec![])
+            .await;
+        Ok(Reply {
+            status: 204,
+            body: None,
+        })
+    }
+}
