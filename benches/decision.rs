@@ -187,6 +187,7 @@ fn record(key: &ApiKey, hasher: &KeyHasher) -> KeyRecord {
         rotated_to: None,
         hash_version,
         hash,
+        version: 1,
     }
 }
 

@@ -15,6 +15,8 @@ pub mod path;
 pub mod policy;
 pub mod problem;
 pub mod record;
+pub mod registry;
+pub mod revocation;
 pub mod scope;
 pub mod store;
 pub mod time;

@@ -44,6 +44,8 @@ struct PolicyDoc {
     credentials: CredentialDoc,
     cache_ttl_seconds: Option<u32>,
     negative_cache_ttl_seconds: Option<u32>,
+    /// How often an isolate asks for the registry's revocation feed, at most.
+    revocation_poll_ms: Option<u32>,
     expiry_warning_seconds: Option<u32>,
     realm: Option<String>,
     /// Allow `;` in path segments (matrix parameters). Off by default.
@@ -139,6 +141,8 @@ pub struct Policy {
     pub credentials: CredentialConfig,
     pub cache_ttl_seconds: u32,
     pub negative_cache_ttl_seconds: u32,
+    /// An isolate asks for the registry's revocation feed at most this often (milliseconds).
+    pub revocation_poll_ms: u32,
     pub expiry_warning_seconds: u32,
     pub realm: String,
     pub path_rules: PathRules,
@@ -232,6 +236,12 @@ impl RouteIndex {
 
 pub const DEFAULT_CACHE_TTL: u32 = 10;
 pub const MAX_CACHE_TTL: u32 = 300;
+/// The revocation feed's poll interval: every isolate learns of a revocation within this plus
+/// the feed's one-second cache.
+pub const DEFAULT_REVOCATION_POLL_MS: u32 = 1_000;
+/// Polling faster than the feed's cache TTL buys nothing; slower than a minute is the KV bound.
+pub const MIN_REVOCATION_POLL_MS: u32 = 100;
+pub const MAX_REVOCATION_POLL_MS: u32 = 60_000;
 pub const DEFAULT_NEGATIVE_TTL: u32 = 5;
 pub const DEFAULT_EXPIRY_WARNING: u32 = 7 * 24 * 3600;
 
@@ -417,6 +427,12 @@ impl Policy {
                 "negative_cache_ttl_seconds must be at most {MAX_CACHE_TTL}"
             )));
         }
+        let revocation_poll_ms = doc.revocation_poll_ms.unwrap_or(DEFAULT_REVOCATION_POLL_MS);
+        if !(MIN_REVOCATION_POLL_MS..=MAX_REVOCATION_POLL_MS).contains(&revocation_poll_ms) {
+            return Err(PolicyError(format!(
+                "revocation_poll_ms must be between {MIN_REVOCATION_POLL_MS} and {MAX_REVOCATION_POLL_MS}"
+            )));
+        }
         let realm = doc.realm.unwrap_or_else(|| "keygate".to_owned());
         if realm.is_empty()
             || realm.len() > 64
@@ -478,6 +494,7 @@ impl Policy {
             credentials,
             cache_ttl_seconds,
             negative_cache_ttl_seconds,
+            revocation_poll_ms,
             expiry_warning_seconds: doc.expiry_warning_seconds.unwrap_or(DEFAULT_EXPIRY_WARNING),
             realm,
             index: RouteIndex::new(&routes),
@@ -666,6 +683,8 @@ mod tests {
             json!({"key_prefix": "Has_Underscore"}),
             json!({"credentials": {"bearer_header": "X-Key", "api_key_header": "x-key"}}),
             json!({"cache_ttl_seconds": 100000}),
+            json!({"revocation_poll_ms": 10}),
+            json!({"revocation_poll_ms": 600000}),
         ];
         for b in bad {
             assert!(Policy::from_json(&b).is_err(), "{b}");

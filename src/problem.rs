@@ -389,6 +389,48 @@ pub fn key_changed() -> Problem {
     )
 }
 
+/// `412 version_mismatch`: `If-Match` named no current version of the key.
+pub fn version_mismatch(current: u64) -> Problem {
+    Problem::new(
+        412,
+        "version_mismatch",
+        "Version mismatch",
+        format!("The key changed since you read it; its version is now {current}. Read it again (its ETag) and retry."),
+    )
+    .with("current_version", serde_json::json!(current))
+}
+
+/// `400 invalid_idempotency_key`: empty, too long, or not printable ASCII.
+pub fn invalid_idempotency_key() -> Problem {
+    Problem::new(
+        400,
+        "invalid_idempotency_key",
+        "Invalid Idempotency-Key",
+        "An Idempotency-Key is 1 to 255 printable ASCII characters.",
+    )
+}
+
+/// `422 idempotency_key_reused`: the key was used with another request body.
+pub fn idempotency_key_reused() -> Problem {
+    Problem::new(
+        422,
+        "idempotency_key_reused",
+        "Idempotency-Key reused",
+        "This Idempotency-Key was used with a different request in the last 24 hours; use a new key for a new request.",
+    )
+}
+
+/// `409 idempotency_key_unusable`: the stored response cannot be opened (the admin token
+/// changed since it was stored).
+pub fn idempotency_key_unusable() -> Problem {
+    Problem::new(
+        409,
+        "idempotency_key_unusable",
+        "Idempotency-Key unusable",
+        "The response stored under this Idempotency-Key can no longer be read (the admin token changed); the request was not repeated. Check the key list before retrying with a new key.",
+    )
+}
+
 pub fn store_error(_: StoreError) -> Problem {
     store_unavailable()
 }

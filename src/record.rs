@@ -42,6 +42,10 @@ pub struct KeyRecord {
     pub rotated_to: Option<KeyId>,
     pub hash_version: HashVersion,
     pub hash: String,
+    /// Bumped by every committed change (the registry refuses a write that does not carry the
+    /// stored version plus one). Served as the `ETag`; the revocation feed compares it.
+    #[serde(default)]
+    pub version: u64,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -54,6 +58,15 @@ pub enum Status {
 }
 
 impl Status {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Status::Active => "active",
+            Status::Disabled => "disabled",
+            Status::Expired => "expired",
+            Status::Revoked => "revoked",
+        }
+    }
+
     pub fn parse(s: &str) -> Option<Self> {
         match s {
             "active" => Some(Status::Active),
@@ -226,6 +239,7 @@ pub(crate) mod tests {
             rotated_to: None,
             hash_version: HashVersion::Sha256,
             hash: "00".into(),
+            version: 1,
         }
     }
 

@@ -8,7 +8,7 @@ use crate::decide::{Denial, key_ip_allowed};
 use crate::key::secret_eq;
 use crate::problem::{Problem, admin_key_lacks_scope, invalid_admin_credential, scope_escalation};
 use crate::record::KeyRecord;
-use crate::store::KvStore;
+use crate::registry::AdminStore;
 
 use super::{AdminContext, AdminRequest, MIN_ADMIN_TOKEN_CHARS};
 
@@ -117,7 +117,7 @@ pub fn admin_token_weakness(token: Option<&str>) -> Option<&'static str> {
     }
 }
 
-impl<S: KvStore> AdminContext<'_, S> {
+impl<S: AdminStore> AdminContext<'_, S> {
     pub(super) async fn authenticate<H: HeaderSource + ?Sized>(
         &self,
         req: &AdminRequest<'_, H>,

@@ -1,5 +1,5 @@
 //! The audit log: one event per admin write, and one per denied attempt worth keeping, stored
-//! newest first under its own key and, when it is about a key, under that key's index.
+//! in the registry with the request's other writes (`registry::AuditRow`).
 
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -8,7 +8,7 @@ use crate::ip::ClientIp;
 use crate::key::{KeyId, random_hex};
 use crate::problem::Problem;
 use crate::record::KeyRecord;
-use crate::store::KvStore;
+use crate::registry::{AdminStore, AuditRow};
 use crate::time::Timestamp;
 
 use super::AdminContext;
@@ -50,10 +50,9 @@ pub(super) fn audited_denial(p: &Problem, actor: Option<&str>) -> bool {
     }
 }
 
-impl<S: KvStore> AdminContext<'_, S> {
-    /// Append to the audit log, under its own key and under the key's index. Best effort: the
-    /// change it records has already happened, so a failed audit write must not undo it.
-    pub(super) async fn audit(
+impl<S: AdminStore> AdminContext<'_, S> {
+    /// Append to the audit log, with the change it records (one transaction).
+    pub(super) fn audit(
         &self,
         actor: &Actor,
         action: AuditAction,
@@ -61,14 +60,12 @@ impl<S: KvStore> AdminContext<'_, S> {
         ip: Option<ClientIp>,
         changed: Vec<String>,
     ) {
-        self.audit_as(&actor.name(), action, Some(key_id), ip, changed, None)
-            .await;
+        self.audit_as(&actor.name(), action, Some(key_id), ip, changed, None);
     }
 
-    /// Append to the audit log, under its own key and, when it is about a key, under the key's
-    /// index. Best effort: the change it records has already happened (or was refused), so a
-    /// failed audit write must not undo it.
-    pub(super) async fn audit_as(
+    /// Append to the audit log. Events of attempts with unverified credentials expire after 30
+    /// days: anyone can cause them, nobody should have to keep them forever.
+    pub(super) fn audit_as(
         &self,
         actor: &str,
         action: AuditAction,
@@ -79,7 +76,7 @@ impl<S: KvStore> AdminContext<'_, S> {
     ) {
         let Ok(event_id) = random_hex(8) else { return };
         let event = AuditEvent {
-            id: event_id.clone(),
+            id: event_id,
             at: self.now,
             actor: actor.to_owned(),
             action,
@@ -92,42 +89,19 @@ impl<S: KvStore> AdminContext<'_, S> {
             return;
         };
         self.journal.borrow_mut().push(event);
-        // Newest first: inverted time, then inverted sequence within this request.
-        let seq = self.audit_seq.get();
-        self.audit_seq.set(seq.saturating_add(1));
-        let order = format!(
-            "{:020}:{:010}:{event_id}",
-            i64::MAX.saturating_sub(self.now.millis()),
-            u32::MAX.saturating_sub(seq)
-        );
-        // Events of unverified attempts expire: anyone can cause them, nobody should have to
-        // keep them forever.
-        let global = format!("{AUDIT_PREFIX}{order}");
-        let _ = if actor == "unknown" || actor.starts_with("unverified:") {
-            self.records
-                .store
-                .put_expiring(&global, &json, UNVERIFIED_AUDIT_TTL_SECONDS)
-                .await
-        } else {
-            self.records.store.put(&global, &json).await
-        };
-        if let Some(id) = key_id {
-            let _ = self
-                .records
-                .store
-                .put(&format!("{}{order}", audit_key_prefix(id)), &json)
-                .await;
-        }
+        let unverified = actor == "unknown" || actor.starts_with("unverified:");
+        self.records.store.append_audit(AuditRow {
+            at: self.now,
+            key_id: key_id.cloned(),
+            actor: actor.to_owned(),
+            expires_at: unverified.then(|| self.now.plus_seconds(UNVERIFIED_AUDIT_TTL_SECONDS)),
+            json,
+        });
     }
 }
 
-pub(super) const AUDIT_PREFIX: &str = "audit:";
 /// How long the audit log keeps an event of an attempt with an unverified credential.
-const UNVERIFIED_AUDIT_TTL_SECONDS: u64 = 30 * 24 * 3600;
-
-pub(super) fn audit_key_prefix(id: &KeyId) -> String {
-    format!("audit-key:{id}:")
-}
+const UNVERIFIED_AUDIT_TTL_SECONDS: i64 = 30 * 24 * 3600;
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct AuditEvent {
@@ -151,7 +125,7 @@ pub(super) fn changed_fields(a: &KeyRecord, b: &KeyRecord) -> Vec<String> {
     };
     let mut out: Vec<String> = x
         .iter()
-        .filter(|(k, v)| k.as_str() != "status" && k.as_str() != "tag" && y.get(k.as_str()) != Some(v))
+        .filter(|(k, v)| !matches!(k.as_str(), "status" | "tag" | "version") && y.get(k.as_str()) != Some(v))
         .map(|(k, _)| k.clone())
         .collect();
     out.sort();

@@ -1,5 +1,7 @@
 //! The key use-cases: create, update, revoke, rotate (with the retirement of the old key) and
-//! delete, each on a record read fresh from the store with its lifecycle facts applied.
+//! delete, each on a record read fresh from the registry with its lifecycle facts applied.
+//! Every record written carries the version it was read at plus one (a new key starts at 1),
+//! and every write to an existing key honours `If-Match` first.
 
 use std::rc::Rc;
 
@@ -12,7 +14,8 @@ use crate::problem::{
     key_not_found, key_retired, key_revoked, lookup_error, rotated_concurrently, store_error,
 };
 use crate::record::{KeyRecord, Retirement, Revocation, Status, slug};
-use crate::store::{KvStore, LookupError};
+use crate::registry::AdminStore;
+use crate::store::LookupError;
 
 use super::actor::Actor;
 use super::audit::{AuditAction, changed_fields};
@@ -21,6 +24,7 @@ use super::input::{
     parse_body, valid_allowlist, valid_description, valid_environment, valid_group, valid_metadata,
     valid_name, valid_scopes, valid_tenants, valid_text,
 };
+use super::idempotency::if_match;
 use super::{AdminContext, AdminRequest, AdminResult, Reply, ok};
 
 /// The retired record: its successor, and its expiry capped at the grace end.
@@ -32,7 +36,7 @@ fn retirement_of(r: &Retirement, record: &mut KeyRecord) {
     life.apply(record);
 }
 
-impl<S: KvStore> AdminContext<'_, S> {
+impl<S: AdminStore> AdminContext<'_, S> {
     /// The key's record as the admin API acts on it: straight from the store, with every
     /// lifecycle fact applied, and only when the actor can reach it (anything else is
     /// `404 key_not_found`, so the existence of keys beyond reach is not disclosed).
@@ -100,13 +104,13 @@ impl<S: KvStore> AdminContext<'_, S> {
             rotated_to: None,
             hash_version,
             hash,
+            version: 1,
         })?;
         check_header_size(&record)?;
         actor.may_manage(&record)?;
         no_key_inside(&record, &self.gateway.policy.key_prefix, self.now)?;
         let record = self.records.put(record, self.now).await.map_err(store_error)?;
-        self.audit(actor, AuditAction::KeyCreate, &record.id, req.client_ip, vec![])
-            .await;
+        self.audit(actor, AuditAction::KeyCreate, &record.id, req.client_ip, vec![]);
         ok(201, json!({"key": key.expose(), "record": record.view(self.now)}))
     }
 
@@ -130,6 +134,7 @@ impl<S: KvStore> AdminContext<'_, S> {
         req: &AdminRequest<'_, H>,
     ) -> AdminResult {
         let current = self.existing(actor, raw_id).await?;
+        if_match(req, &current)?;
         let body: PatchBody = parse_body(req, false)?;
         if current.revoked_at.is_some() {
             return Err(key_revoked("A revoked key cannot be changed."));
@@ -183,9 +188,10 @@ impl<S: KvStore> AdminContext<'_, S> {
 
         let changed = changed_fields(&current, &next);
         if changed.is_empty() {
-            return ok(200, current.view(self.now));
+            return ok(200, current.view(self.now)).map(|r| r.tagged(current.version));
         }
         next.updated_at = self.now;
+        next.version = current.version.saturating_add(1);
         let saved = self
             .records
             .save(next, self.now)
@@ -199,13 +205,12 @@ impl<S: KvStore> AdminContext<'_, S> {
             } else {
                 AuditAction::KeyDisable
             };
-            self.audit(actor, action, &saved.id, req.client_ip, toggled).await;
+            self.audit(actor, action, &saved.id, req.client_ip, toggled);
         }
         if !others.is_empty() {
-            self.audit(actor, AuditAction::KeyUpdate, &saved.id, req.client_ip, others)
-                .await;
+            self.audit(actor, AuditAction::KeyUpdate, &saved.id, req.client_ip, others);
         }
-        ok(200, saved.view(self.now))
+        ok(200, saved.view(self.now)).map(|r| r.tagged(saved.version))
     }
 
     pub(super) async fn revoke<H: HeaderSource + ?Sized>(
@@ -215,11 +220,12 @@ impl<S: KvStore> AdminContext<'_, S> {
         req: &AdminRequest<'_, H>,
     ) -> AdminResult {
         let current = self.existing(actor, raw_id).await?;
+        if_match(req, &current)?;
         let body: RevokeBody = parse_body(req, true)?;
         let reason = body.reason.map(|r| valid_text("reason", r, 512)).transpose()?;
         if current.revoked_at.is_some() {
             // Irreversible and idempotent: the first revocation stands.
-            return ok(200, current.view(self.now));
+            return ok(200, current.view(self.now)).map(|r| r.tagged(current.version));
         }
         // The fact first, then the record: whatever else writes the record afterwards finds
         // the marker and keeps the revocation.
@@ -232,6 +238,7 @@ impl<S: KvStore> AdminContext<'_, S> {
         next.revoked_at = Some(revocation.at);
         next.revoke_reason = revocation.reason;
         next.updated_at = self.now;
+        next.version = current.version.saturating_add(1);
         let saved = self
             .records
             .save(next, self.now)
@@ -244,9 +251,8 @@ impl<S: KvStore> AdminContext<'_, S> {
             &saved.id,
             req.client_ip,
             vec!["revoked_at".into(), "revoke_reason".into()],
-        )
-        .await;
-        ok(200, saved.view(self.now))
+        );
+        ok(200, saved.view(self.now)).map(|r| r.tagged(saved.version))
     }
 
     pub(super) async fn rotate<H: HeaderSource + ?Sized>(
@@ -256,6 +262,7 @@ impl<S: KvStore> AdminContext<'_, S> {
         req: &AdminRequest<'_, H>,
     ) -> AdminResult {
         let old = self.existing(actor, raw_id).await?;
+        if_match(req, &old)?;
         let body: RotateBody = parse_body(req, true)?;
         let grace = match &body.grace {
             None => 0,
@@ -298,6 +305,7 @@ impl<S: KvStore> AdminContext<'_, S> {
             rotated_to: None,
             hash_version,
             hash,
+            version: 1,
             ..(*old).clone()
         })?;
         actor.may_manage(&new_record)?;
@@ -322,16 +330,14 @@ impl<S: KvStore> AdminContext<'_, S> {
             &old.id,
             req.client_ip,
             vec!["expires_at".into(), "rotated_to".into()],
-        )
-        .await;
+        );
         self.audit(
             actor,
             AuditAction::KeyCreate,
             &new_record.id,
             req.client_ip,
             vec!["rotated_from".into()],
-        )
-        .await;
+        );
         ok(
             201,
             json!({"key": key.expose(), "record": new_record.view(self.now)}),
@@ -341,10 +347,9 @@ impl<S: KvStore> AdminContext<'_, S> {
     /// Retire `old` in favour of the successor named in `retirement`. `Err`: this request
     /// retired nothing, and the caller removes the successor it wrote.
     async fn retire(&self, old: &KeyRecord, retirement: &Retirement) -> Result<(), Problem> {
-        // Re-read the old key just before retiring it: a PATCH that disabled or narrowed it
-        // since it was read must not be undone, nor its old grants handed to the successor.
-        // (KV has no compare-and-swap, so this narrows the window rather than closing it; the
-        // registry Durable Object serialises these writes.)
+        // Re-read the old key just before retiring it: a change since it was read must not be
+        // undone, nor its old grants handed to the successor. (In the registry nothing
+        // interleaves with this request, so this is a guard that never fires there.)
         let fresh = self
             .records
             .load(&old.id, self.now)
@@ -377,6 +382,7 @@ impl<S: KvStore> AdminContext<'_, S> {
         }
         let mut retired = (*fresh).clone();
         retired.updated_at = self.now;
+        retired.version = fresh.version.saturating_add(1);
         retirement_of(retirement, &mut retired);
         match self.records.save(retired, self.now).await {
             Ok(Some(_)) => Ok(()),
@@ -393,7 +399,7 @@ impl<S: KvStore> AdminContext<'_, S> {
     ) -> AdminResult {
         let id = KeyId::parse(raw_id).ok_or_else(key_not_found)?;
         match self.existing(actor, raw_id).await {
-            Ok(_) => {}
+            Ok(current) => if_match(req, &current)?,
             // The operator's token may purge a corrupt record; an admin key cannot prove its reach.
             Err(p) if p.code == "record_invalid" && matches!(actor, Actor::Token) => {}
             Err(p) => return Err(p),
@@ -404,11 +410,11 @@ impl<S: KvStore> AdminContext<'_, S> {
             .await
             .map_err(store_error)?;
         self.records.delete(&id, self.now).await.map_err(store_error)?;
-        self.audit(actor, AuditAction::KeyDelete, &id, req.client_ip, vec![])
-            .await;
+        self.audit(actor, AuditAction::KeyDelete, &id, req.client_ip, vec![]);
         Ok(Reply {
             status: 204,
             body: None,
+            headers: Vec::new(),
         })
     }
 }

@@ -6,19 +6,21 @@ use std::collections::HashMap;
 use chacha20poly1305::aead::{Aead, KeyInit, Payload};
 use chacha20poly1305::{ChaCha20Poly1305, Nonce};
 use serde_json::json;
+use futures_util::FutureExt;
 use sha2::{Digest, Sha256};
 
 use crate::key::KeyId;
 use crate::problem::{Problem, internal_error, invalid_cursor, invalid_field, store_error};
 use crate::record::Status;
-use crate::store::{KvStore, LookupError, RECORD_PREFIX};
+use crate::registry::{AdminStore, KeyCursor, KeyFilter};
+use crate::store::{LookupError, StoreError};
 
 use super::actor::Actor;
-use super::audit::{AUDIT_PREFIX, AuditEvent, audit_key_prefix};
+use super::audit::AuditEvent;
 use super::input::{Query, valid_environment};
 use super::{AdminContext, AdminResult, ok};
 
-impl<S: KvStore> AdminContext<'_, S> {
+impl<S: AdminStore> AdminContext<'_, S> {
     pub(super) async fn list_keys(&self, actor: &Actor, q: &Query, token: &str) -> AdminResult {
         let limit = q.limit()?;
         let environment = q.get("environment").map(valid_environment).transpose()?;
@@ -29,38 +31,44 @@ impl<S: KvStore> AdminContext<'_, S> {
                     .ok_or_else(|| invalid_field("status", "Use active, disabled, expired or revoked."))
             })
             .transpose()?;
-        let group = q.get("group");
+        let filter = KeyFilter {
+            environment: environment.map(|e| e.as_str().to_owned()),
+            group: q.get("group").map(str::to_owned),
+            status,
+        };
         let scope = q.cursor_scope("keys");
-        let cursor = q.cursor(token, &scope)?;
-        let page = self
+        let after = match q.cursor(token, &scope)? {
+            Some(raw) => Some(KeyCursor::decode(&raw).ok_or_else(invalid_cursor)?),
+            None => None,
+        };
+        // Filters SQL applies; an admin key's reach is checked per record.
+        let (records, next) = self
             .records
             .store
-            .list(RECORD_PREFIX, cursor.as_deref(), limit)
-            .await
+            .list_keys(&filter, self.now, after.as_ref(), limit as usize, &mut |r| {
+                actor.sees(r)
+            })
             .map_err(store_error)?;
-        let mut keys = Vec::new();
-        for k in &page.keys {
-            let Some(id) = k.strip_prefix(RECORD_PREFIX).and_then(KeyId::parse) else {
-                continue;
-            };
-            // A corrupt record cannot be shown; it is skipped here (and still fails closed on the
-            // validation path, answers 500 on GET, and can be deleted).
-            let r = match self.records.load(&id, self.now).await {
-                Ok(Some(r)) => r,
-                Ok(None) | Err(LookupError::Corrupt(_)) => continue,
-                Err(LookupError::Store(e)) => return Err(store_error(e)),
-            };
-            let keep = actor.sees(&r)
-                && environment.is_none_or(|e| r.environment == e)
-                && status.is_none_or(|s| r.status(self.now) == s)
-                && group.is_none_or(|g| r.group.as_deref() == Some(g));
-            if keep {
-                keys.push(r.view(self.now));
-            }
-        }
+        let keys: Vec<_> = records.iter().map(|r| r.view(self.now)).collect();
+        let cursor = next
+            .map(|c| sign_cursor(token, &scope, &c.encode()))
+            .transpose()?;
+        ok(200, json!({"keys": keys, "cursor": cursor}))
+    }
+
+    /// `GET /admin/registry`: what the registry knows of its KV replica and its feed.
+    pub(super) fn registry_status(&self) -> AdminResult {
+        let lag = self.records.store.replica_lag().map_err(store_error)?;
+        let feed = self.records.store.feed(self.now).map_err(store_error)?;
+        let lag_ms = lag
+            .oldest_since
+            .map_or(0, |t| self.now.millis().saturating_sub(t.millis()).max(0));
         ok(
             200,
-            json!({"keys": keys, "cursor": page.cursor.map(|c| sign_cursor(token, &scope, &c)).transpose()?}),
+            json!({
+                "replica": {"pending": lag.pending, "oldest_pending_since": lag.oldest_since, "lag_ms": lag_ms},
+                "feed": {"seq": feed.seq, "entries": feed.entries.len()},
+            }),
         )
     }
 
@@ -74,64 +82,50 @@ impl<S: KvStore> AdminContext<'_, S> {
             })
             .transpose()?;
         let scope = q.cursor_scope("audit");
-        let cursor = q.cursor(token, &scope)?;
+        let before = match q.cursor(token, &scope)? {
+            Some(raw) => Some(raw.parse::<i64>().map_err(|_| invalid_cursor())?),
+            None => None,
+        };
         // An admin key reads only the events of keys within its reach: a key it cannot see is
         // `404 key_not_found`, as on GET.
-        let mut visible: HashMap<KeyId, bool> = HashMap::new();
-        let prefix = match &key_id {
-            None => AUDIT_PREFIX.to_owned(),
-            Some(id) => {
-                if matches!(actor, Actor::Key(_)) {
-                    self.existing(actor, id.as_str()).await?;
-                    visible.insert(id.clone(), true);
-                }
-                audit_key_prefix(id)
+        if let (Some(id), Actor::Key(_)) = (&key_id, actor) {
+            self.existing(actor, id.as_str()).await?;
+        }
+        let mut visible: HashMap<String, bool> = HashMap::new();
+        let mut keep = |event_key: Option<&str>, _: &str| -> Result<bool, StoreError> {
+            let Actor::Key(_) = actor else { return Ok(true) };
+            // Events about no key (denied attempts) are for the operator's token only.
+            let Some(event_key) = event_key else { return Ok(false) };
+            if let Some(v) = visible.get(event_key) {
+                return Ok(*v);
             }
+            // A deleted key's events cannot be placed within reach: not shown.
+            let seen = match KeyId::parse(event_key) {
+                Some(id) => match self.records.load(&id, self.now).now_or_never() {
+                    Some(Ok(Some(r))) => actor.sees(&r),
+                    Some(Ok(None) | Err(LookupError::Corrupt(_))) => false,
+                    Some(Err(LookupError::Store(e))) => return Err(e),
+                    None => return Err(StoreError("the registry waited on a read".into())),
+                },
+                None => false,
+            };
+            visible.insert(event_key.to_owned(), seen);
+            Ok(seen)
         };
-        let page = self
+        let (raw, next) = self
             .records
             .store
-            .list(&prefix, cursor.as_deref(), limit)
-            .await
+            .list_audit(key_id.as_ref(), self.now, before, limit as usize, &mut keep)
             .map_err(store_error)?;
-        let mut events = Vec::new();
-        for k in &page.keys {
-            let Some(raw) = self.records.store.get(k).await.map_err(store_error)? else {
-                continue;
-            };
-            let Ok(event) = serde_json::from_str::<AuditEvent>(&raw) else {
-                continue;
-            };
-            if let Actor::Key(_) = actor {
-                // Events about no key (denied attempts) are for the operator's token only.
-                let Some(event_key) = &event.key_id else {
-                    continue;
-                };
-                let seen = match visible.get(event_key) {
-                    Some(v) => *v,
-                    None => {
-                        // A deleted key's events cannot be placed within reach: not shown.
-                        let v = match self.records.load(event_key, self.now).await {
-                            Ok(Some(r)) => actor.sees(&r),
-                            Ok(None) | Err(LookupError::Corrupt(_)) => false,
-                            Err(LookupError::Store(e)) => return Err(store_error(e)),
-                        };
-                        visible.insert(event_key.clone(), v);
-                        v
-                    }
-                };
-                if !seen {
-                    continue;
-                }
-            }
-            if let Ok(v) = serde_json::to_value(&event) {
-                events.push(v);
-            }
-        }
-        ok(
-            200,
-            json!({"events": events, "cursor": page.cursor.map(|c| sign_cursor(token, &scope, &c)).transpose()?}),
-        )
+        let events: Vec<_> = raw
+            .iter()
+            .filter_map(|j| serde_json::from_str::<AuditEvent>(j).ok())
+            .filter_map(|e| serde_json::to_value(&e).ok())
+            .collect();
+        let cursor = next
+            .map(|seq| sign_cursor(token, &scope, &seq.to_string()))
+            .transpose()?;
+        ok(200, json!({"events": events, "cursor": cursor}))
     }
 }
 

@@ -2,10 +2,11 @@
 //! validation, escalation checks, record changes and the audit log. The edge hands it a
 //! request reduced to plain values and copies the reply into an HTTP response.
 //!
-//! Every error is a [`Problem`]; on every error path nothing has been written, with one
-//! exception: a rotation whose retirement marker was written but whose record write then failed
-//! (`503`) leaves the old key retired (capped at the grace end) with its successor deleted; the
-//! old key may then be rotated again.
+//! It runs inside the registry (`crate::registry`), on its synchronous SQL: one request is one
+//! unit of work that the registry commits whole when the request succeeds, or drops when it
+//! fails (then only the audit event of the refused attempt is kept). Nothing interleaves with
+//! it, so a write can never be lost; each record write carries the stored version plus one,
+//! which is the key's `ETag`, and writes honour `If-Match` (`412 version_mismatch`).
 //!
 //! An admin key acts only within its reach ([`reach`]); lifecycle facts (revocation, deletion,
 //! retirement) are monotonic, see the `store` module.
@@ -16,12 +17,14 @@
 //! - `keys`: the key use-cases (create, update, revoke, rotate, delete);
 //! - `input`: bodies, field rules, durations and expiries, query strings;
 //! - `listing`: the key list and the audit log, with their sealed cursors;
-//! - `audit`: audit events ([`AuditEvent`], [`AuditAction`]) and writing them.
+//! - `audit`: audit events ([`AuditEvent`], [`AuditAction`]) and writing them;
+//! - `idempotency`: `Idempotency-Key` on create and rotate, and `If-Match` preconditions.
 //!
 //! Every error [`Problem`] is built in the `problem` module.
 
 mod actor;
 mod audit;
+mod idempotency;
 mod input;
 mod keys;
 mod listing;
@@ -34,7 +37,8 @@ use crate::decide::Gateway;
 use crate::ip::ClientIp;
 use crate::key::ApiKey;
 use crate::problem::Problem;
-use crate::store::{KvStore, Records};
+use crate::registry::AdminStore;
+use crate::store::Records;
 use crate::time::Timestamp;
 
 pub use crate::problem::invalid_field;
@@ -47,10 +51,8 @@ use audit::audited_denial;
 
 pub const MAX_BODY: usize = 64 * 1024;
 pub const MAX_METADATA: usize = 1024;
-/// The largest page of the list and audit endpoints. A Worker invocation may make at most
-/// 1,000 KV operations; a page costs at most `2 * MAX_LIMIT + 3` (authentication, the list
-/// call, one read per item, and for an admin key one record read per audit event to check
-/// its reach), so 100 leaves a wide margin.
+/// The largest page of the list and audit endpoints. A page is one SQL query in the registry
+/// (in batches, at most `registry::MAX_SCAN` rows read), never a KV read per item.
 pub const MAX_LIMIT: u32 = 100;
 /// An `ADMIN_TOKEN` shorter than this turns the admin API off (`503 admin_disabled`).
 pub const MIN_ADMIN_TOKEN_CHARS: usize = 32;
@@ -80,8 +82,6 @@ pub struct AdminContext<'a, S> {
     /// `None` (unset or empty) disables the admin API.
     pub admin_token: Option<&'a str>,
     pub now: Timestamp,
-    /// Orders the audit events of one request (they share a timestamp).
-    audit_seq: std::cell::Cell<u32>,
     /// Who acted, once authenticated (`admin_token` or the admin key's id), for the log.
     actor_seen: std::cell::RefCell<Option<String>>,
     /// One entry per audit event written: what the edge logs as `admin` lines.
@@ -103,7 +103,6 @@ impl<'a, S> AdminContext<'a, S> {
             records,
             admin_token,
             now,
-            audit_seq: std::cell::Cell::new(0),
             actor_seen: std::cell::RefCell::new(None),
             journal: std::cell::RefCell::new(Vec::new()),
             audit_unverified: std::cell::Cell::new(true),
@@ -130,6 +129,16 @@ impl<'a, S> AdminContext<'a, S> {
 pub struct Reply {
     pub status: u16,
     pub body: Option<Value>,
+    /// Extra response headers (`ETag`, `Idempotent-Replayed`).
+    pub headers: Vec<(&'static str, String)>,
+}
+
+impl Reply {
+    /// The reply with the key's version as its `ETag`.
+    fn tagged(mut self, version: u64) -> Self {
+        self.headers.push(("ETag", format!("\"{version}\"")));
+        self
+    }
 }
 
 type AdminResult = Result<Reply, Problem>;
@@ -138,10 +147,11 @@ fn ok(status: u16, body: Value) -> AdminResult {
     Ok(Reply {
         status,
         body: Some(body),
+        headers: Vec::new(),
     })
 }
 
-impl<S: KvStore> AdminContext<'_, S> {
+impl<S: AdminStore> AdminContext<'_, S> {
     pub async fn handle<H: HeaderSource + ?Sized>(&self, req: &AdminRequest<'_, H>) -> AdminResult {
         let result = self.dispatch(req).await;
         if let Err(p) = &result {
@@ -177,8 +187,7 @@ impl<S: KvStore> AdminContext<'_, S> {
                     req.client_ip,
                     vec![],
                     Some(p.code),
-                )
-                .await;
+                );
             }
         }
         result

@@ -5,7 +5,7 @@
 use crate::credential::HeaderSource;
 use crate::key::KeyId;
 use crate::problem::{admin_disabled, admin_token_too_short, internal_error, method_not_allowed, not_found};
-use crate::store::KvStore;
+use crate::registry::AdminStore;
 
 use super::input::Query;
 use super::{
@@ -19,6 +19,8 @@ pub(super) enum Endpoint {
     Revoke(String),
     Rotate(String),
     Audit,
+    /// The registry's own state: the replica's lag and the feed.
+    Registry,
 }
 
 pub(super) fn endpoint(path: &str) -> Option<Endpoint> {
@@ -30,6 +32,7 @@ pub(super) fn endpoint(path: &str) -> Option<Endpoint> {
         ["keys", id, "revoke"] => Endpoint::Revoke((*id).to_owned()),
         ["keys", id, "rotate"] => Endpoint::Rotate((*id).to_owned()),
         ["audit"] => Endpoint::Audit,
+        ["registry"] => Endpoint::Registry,
         _ => return None,
     })
 }
@@ -38,11 +41,11 @@ pub(super) fn endpoint(path: &str) -> Option<Endpoint> {
 pub fn target_key(path: &str) -> Option<KeyId> {
     match endpoint(path)? {
         Endpoint::Key(id) | Endpoint::Revoke(id) | Endpoint::Rotate(id) => KeyId::parse(&id),
-        Endpoint::Keys | Endpoint::Audit => None,
+        Endpoint::Keys | Endpoint::Audit | Endpoint::Registry => None,
     }
 }
 
-impl<S: KvStore> AdminContext<'_, S> {
+impl<S: AdminStore> AdminContext<'_, S> {
     pub(super) async fn dispatch<H: HeaderSource + ?Sized>(&self, req: &AdminRequest<'_, H>) -> AdminResult {
         if req.path == "/admin/openapi.json" {
             return match req.method {
@@ -50,6 +53,7 @@ impl<S: KvStore> AdminContext<'_, S> {
                     .map(|v| Reply {
                         status: 200,
                         body: Some(v),
+                        headers: Vec::new(),
                     })
                     .map_err(|_| internal_error("The OpenAPI document is invalid.")),
                 _ => Err(method_not_allowed("GET, HEAD")),
@@ -68,7 +72,7 @@ impl<S: KvStore> AdminContext<'_, S> {
             Endpoint::Keys => "GET, POST",
             Endpoint::Key(_) => "GET, PATCH, DELETE",
             Endpoint::Revoke(_) | Endpoint::Rotate(_) => "POST",
-            Endpoint::Audit => "GET",
+            Endpoint::Audit | Endpoint::Registry => "GET",
         };
         if !allow.split(", ").any(|m| m == req.method) {
             return Err(method_not_allowed(allow));
@@ -86,13 +90,14 @@ impl<S: KvStore> AdminContext<'_, S> {
             }
             (Endpoint::Keys, "POST") => {
                 actor.require(SCOPE_WRITE)?;
-                self.create(&actor, req).await
+                self.idempotently(&actor, token, req, async || self.create(&actor, req).await)
+                    .await
             }
             (Endpoint::Keys, _) => Err(method_not_allowed("GET, POST")),
             (Endpoint::Key(id), "GET") => {
                 actor.require(SCOPE_READ)?;
                 let record = self.existing(&actor, &id).await?;
-                ok(200, record.view(self.now))
+                ok(200, record.view(self.now)).map(|r| r.tagged(record.version))
             }
             (Endpoint::Key(id), "PATCH") => {
                 actor.require(SCOPE_WRITE)?;
@@ -109,7 +114,8 @@ impl<S: KvStore> AdminContext<'_, S> {
             }
             (Endpoint::Rotate(id), "POST") => {
                 actor.require(SCOPE_WRITE)?;
-                self.rotate(&actor, &id, req).await
+                self.idempotently(&actor, token, req, async || self.rotate(&actor, &id, req).await)
+                    .await
             }
             (Endpoint::Revoke(_) | Endpoint::Rotate(_), _) => Err(method_not_allowed("POST")),
             (Endpoint::Audit, "GET") => {
@@ -117,6 +123,11 @@ impl<S: KvStore> AdminContext<'_, S> {
                 self.list_audit(&actor, &query, token).await
             }
             (Endpoint::Audit, _) => Err(method_not_allowed("GET")),
+            (Endpoint::Registry, "GET") => {
+                actor.require(SCOPE_READ)?;
+                self.registry_status()
+            }
+            (Endpoint::Registry, _) => Err(method_not_allowed("GET")),
         }
     }
 }
