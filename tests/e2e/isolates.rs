@@ -162,7 +162,9 @@ impl Pair {
                          from before the Registry):\n{tail}"
                     );
                 }
-                panic!("e2e isolates: scripts/two-isolates.mjs exited ({status}) before it was ready:\n{tail}");
+                panic!(
+                    "e2e isolates: scripts/two-isolates.mjs exited ({status}) before it was ready:\n{tail}"
+                );
             }
             if Instant::now() > deadline {
                 let tail = group.log_tail();
@@ -233,7 +235,12 @@ impl Drop for Pair {
 
 fn assert_forwarded(r: &Resp, what: &str) {
     assert_eq!(r.status, 200, "{what}: {}", r.body);
-    assert_eq!(r.header("x-origin"), Some("echo"), "{what}: not forwarded: {}", r.body);
+    assert_eq!(
+        r.header("x-origin"),
+        Some("echo"),
+        "{what}: not forwarded: {}",
+        r.body
+    );
 }
 
 /// The services share KV: a key issued through either one authenticates through the other, and
@@ -350,7 +357,9 @@ fn revocation_bound() {
             println!(
                 "e2e isolates: {} trial {i}: {}",
                 action.name(),
-                t.map_or(format!("still allowed after {v} ms"), |v| format!("denied after {v} ms"))
+                t.map_or(format!("still allowed after {v} ms"), |v| format!(
+                    "denied after {v} ms"
+                ))
             );
             if t.is_none_or(|v| v > BOUND_MS) {
                 failures.push(format!("{} trial {i}: {v} ms", action.name()));
