@@ -22,7 +22,7 @@ pub fn free_port() -> u16 {
         .unwrap_or_else(|e| panic!("e2e: cannot find a free loopback port: {e}"))
 }
 
-fn random_hex(n: usize) -> String {
+pub fn random_hex(n: usize) -> String {
     let mut buf = vec![0u8; n];
     getrandom::fill(&mut buf).expect("randomness");
     hex::encode(buf)
@@ -50,7 +50,7 @@ pub struct Group {
 }
 
 impl Group {
-    fn spawn(name: &'static str, mut cmd: Command, log: Option<PathBuf>) -> Group {
+    pub fn spawn(name: &'static str, mut cmd: Command, log: Option<PathBuf>) -> Group {
         cmd.process_group(0);
         let child = cmd
             .spawn()
@@ -58,13 +58,18 @@ impl Group {
         Group { child, name, log }
     }
 
-    fn log_tail(&self) -> String {
+    pub fn log_tail(&self) -> String {
         let Some(path) = &self.log else {
             return String::new();
         };
         let text = std::fs::read_to_string(path).unwrap_or_default();
         let lines: Vec<&str> = text.lines().collect();
         lines[lines.len().saturating_sub(30)..].join("\n")
+    }
+
+    /// Has the group's leader exited? With its exit status.
+    pub fn exited(&mut self) -> Option<std::process::ExitStatus> {
+        self.child.try_wait().ok().flatten()
     }
 
     fn stop(&mut self) {

@@ -15,6 +15,7 @@ mod admin_safety;
 mod attacks;
 mod gateway;
 mod harness;
+mod isolates;
 mod operations;
 
 use std::sync::Arc;
@@ -119,10 +120,25 @@ pub fn shipped_policy_with(extra: Value) -> String {
     policy.to_string()
 }
 
+/// The tests that use the shared `wrangler dev` workers of `Ctx`.
+fn shared_tests() -> impl Iterator<Item = &'static (&'static str, fn(&Ctx))> {
+    gateway::TESTS
+        .iter()
+        .chain(admin::TESTS)
+        .chain(admin_safety::TESTS)
+        .chain(attacks::TESTS)
+        .chain(operations::TESTS)
+}
+
 fn main() {
     let args = Arguments::from_args();
     let corrupt_id = "00000000c0ffee00".to_owned();
     harness::build_worker();
+    // The isolates suite starts its own workerd; the shared workers below start only when a
+    // selected test needs them (`cargo test --test e2e -- isolates` runs that suite alone).
+    if shared_tests().all(|(name, _)| args.is_filtered_out(&Trial::test(*name, || Ok(())))) {
+        libtest_mimic::run(&args, isolates::trials()).exit();
+    }
     let origin = start_origin();
     let origin_port = origin.port;
     let origin_var = OriginVar::Port(origin_port);
@@ -228,14 +244,8 @@ fn main() {
     .filter_map(|w| w.base.rsplit(':').next()?.parse().ok())
     .collect();
 
-    let mut trials = Vec::new();
-    for (name, f) in gateway::TESTS
-        .iter()
-        .chain(admin::TESTS)
-        .chain(admin_safety::TESTS)
-        .chain(attacks::TESTS)
-        .chain(operations::TESTS)
-    {
+    let mut trials = isolates::trials();
+    for (name, f) in shared_tests() {
         let ctx = Arc::clone(&ctx);
         let f = *f;
         trials.push(Trial::test(*name, move || {
