@@ -1,6 +1,19 @@
-//! The pure decision for one request: route, route IP allowlist, credential, record, state,
-//! key IP allowlist, environment, tenant, scopes, in that order. The only I/O is the record
-//! lookup, through [`Records`] (cache, then store); the clock is an argument.
+//! The decision for one request, sans-IO (in the style of quinn-proto): route, route IP
+//! allowlist, credential, record, state, key IP allowlist, environment, tenant, scopes, in that
+//! order. The core does no I/O and reads no clock; its caller performs the one lookup between
+//! two pure steps:
+//!
+//! 1. [`Gateway::start`] runs every check that needs no record (hop header, route mode host,
+//!    canonical path, body, CORS preflight, route match, route IP allowlist, credential
+//!    extraction and parse) and returns [`Step::Done`] with the decision, or
+//!    [`Step::NeedRecord`] with a [`Pending`] naming the key id whose record it needs.
+//! 2. The caller looks that record up (in the worker: the isolate's cache, then KV, through
+//!    [`Records::get`]) and passes the outcome, in a [`Known`], to [`Gateway::finish`]: hash
+//!    check, state, key IP allowlist, environment, tenant, scopes. A lookup error fails closed.
+//!
+//! [`Gateway::authenticate_start`] and [`Gateway::authenticate_finish`] are the same split for
+//! the admin API's credential. The async [`Gateway::decide`], [`Gateway::decide_traced`] and
+//! [`Gateway::authenticate`] are thin drivers of the steps over [`Records`].
 
 use std::rc::Rc;
 
@@ -134,7 +147,82 @@ pub struct Trace {
     pub key_id: std::cell::RefCell<Option<KeyId>>,
 }
 
+impl Trace {
+    /// Copies what `other` learned into this trace (the async drivers' `&Trace` out-parameter).
+    fn fill(&self, other: Trace) {
+        self.route.set(other.route.get());
+        *self.key_id.borrow_mut() = other.key_id.into_inner();
+    }
+}
+
+/// The result of [`Gateway::start`]: a decision, or the one record it still needs.
+#[derive(Debug)]
+#[must_use = "a pending request needs its record and `Gateway::finish`"]
+pub enum Step<'g, 'r> {
+    /// Decided without any record: the trace holds the matched route, if there was one.
+    Done(Decision, Trace),
+    /// A well-formed key was presented. The caller looks up the record of
+    /// [`Pending::key_id`] (cache, then store) and hands the result to [`Gateway::finish`].
+    NeedRecord(Pending<'g, 'r>),
+}
+
+/// A request that passed every check needing no record, waiting for its key record. It borrows
+/// the matched route from the gateway (`'g`) and the canonical path from the request (`'r`).
+#[derive(Debug)]
+pub struct Pending<'g, 'r> {
+    auth: PendingAuth,
+    route: &'g Route,
+    canonical: CanonicalPath<'r>,
+    credential: Found,
+    client_ip: Option<ClientIp>,
+}
+
+impl Pending<'_, '_> {
+    /// The key whose record the second step needs.
+    pub fn key_id(&self) -> &KeyId {
+        self.auth.key_id()
+    }
+
+    /// The index of the matched route.
+    pub fn route_index(&self) -> usize {
+        self.route.index
+    }
+}
+
+/// A credential that parsed as one of this gateway's keys, waiting for its record
+/// ([`Gateway::authenticate_start`], then [`Gateway::authenticate_finish`]).
+#[derive(Debug)]
+pub struct PendingAuth {
+    key: ApiKey,
+}
+
+impl PendingAuth {
+    /// The key whose record the second step needs.
+    pub fn key_id(&self) -> &KeyId {
+        self.key.id()
+    }
+}
+
+/// What the caller found out for a pending key: the inputs of the second step
+/// ([`Gateway::finish`], [`Gateway::authenticate_finish`]) besides the clock. Built with
+/// [`Known::new`]; a fact added later gets a field here and a neutral value in `new` (or its
+/// own setter), so that callers which do not supply it keep compiling.
+#[derive(Debug)]
+#[non_exhaustive]
+pub struct Known {
+    /// The lookup of the pending key's record: cache, then store. `Ok(None)`: no such key.
+    pub record: Result<Option<Rc<KeyRecord>>, LookupError>,
+}
+
+impl Known {
+    pub fn new(record: Result<Option<Rc<KeyRecord>>, LookupError>) -> Self {
+        Known { record }
+    }
+}
+
 impl Gateway {
+    /// The whole decision, driving [`Gateway::start`], the record lookup through `records`, and
+    /// [`Gateway::finish`].
     pub async fn decide<S: KvStore, H: HeaderSource + ?Sized>(
         &self,
         req: &RequestFacts<'_, H>,
@@ -152,11 +240,70 @@ impl Gateway {
         now: Timestamp,
         trace: &Trace,
     ) -> Decision {
-        match self.check(req, records, now, trace).await {
+        let (decision, learned) = match self.start(req) {
+            Step::Done(decision, learned) => (decision, learned),
+            Step::NeedRecord(pending) => {
+                let record = records.get(pending.key_id(), now).await;
+                self.finish(pending, Known::new(record), now)
+            }
+        };
+        trace.fill(learned);
+        decision
+    }
+
+    /// The first step, with no I/O: every check that needs no key record (hop header, route
+    /// mode host, canonical path, body, CORS preflight, route match, route IP allowlist,
+    /// credential extraction and parse). Either a decision, or the record it needs.
+    pub fn start<'g, 'r, H: HeaderSource + ?Sized>(&'g self, req: &RequestFacts<'r, H>) -> Step<'g, 'r> {
+        let trace = Trace::default();
+        let decision = match self.check(req, &trace) {
+            Ok(Checked::NeedRecord(pending)) => return Step::NeedRecord(pending),
             Ok(Checked::Forward(f)) => Decision::Forward(f),
             Ok(Checked::Preflight(h)) => Decision::Preflight(h),
             Err(d) => Decision::Deny(d),
-        }
+        };
+        Step::Done(decision, trace)
+    }
+
+    /// The second step, with no I/O: from the record the caller looked up to the decision (hash
+    /// check, state, key IP allowlist, environment, tenant, scopes). A lookup error fails closed.
+    pub fn finish(&self, pending: Pending<'_, '_>, known: Known, now: Timestamp) -> (Decision, Trace) {
+        let Pending {
+            auth,
+            route,
+            canonical,
+            credential,
+            client_ip,
+        } = pending;
+        let trace = Trace::default();
+        trace.route.set(Some(route.index));
+        *trace.key_id.borrow_mut() = Some(auth.key_id().clone());
+        let decision = match self.authorized(auth, route, &canonical, client_ip, known, now) {
+            Ok((record, tenant)) => Decision::Forward(Forward {
+                path: canonical.encoded(self.policy.path_rules),
+                sunset: self.sunset(&record, now),
+                principal: Some(Principal { record, tenant }),
+                credential,
+            }),
+            Err(d) => Decision::Deny(d),
+        };
+        (decision, trace)
+    }
+
+    fn authorized(
+        &self,
+        auth: PendingAuth,
+        route: &Route,
+        canonical: &CanonicalPath<'_>,
+        client_ip: Option<ClientIp>,
+        known: Known,
+        now: Timestamp,
+    ) -> Result<(Rc<KeyRecord>, Option<String>), Denial> {
+        let record = self.authenticate_finish(auth, known, now)?;
+        let segments = canonical.matched();
+        let param = |name: &str| route.pattern.param(name, segments);
+        let tenant = authorize(route, param, &record, client_ip)?;
+        Ok((record, tenant))
     }
 
     /// The checks that need neither a route nor a credential: loop, host, path, body.
@@ -227,7 +374,7 @@ impl Gateway {
         &self,
         req: &RequestFacts<'_, H>,
         canonical: &CanonicalPath<'_>,
-    ) -> Option<Result<Checked, Denial>> {
+    ) -> Option<Result<Checked<'static, 'static>, Denial>> {
         if req.method != "OPTIONS" {
             return None;
         }
@@ -260,19 +407,16 @@ impl Gateway {
         Some(Ok(Checked::Preflight(h)))
     }
 
-    async fn check<S: KvStore, H: HeaderSource + ?Sized>(
-        &self,
-        req: &RequestFacts<'_, H>,
-        records: &Records<'_, S>,
-        now: Timestamp,
+    fn check<'g, 'r, H: HeaderSource + ?Sized>(
+        &'g self,
+        req: &RequestFacts<'r, H>,
         trace: &Trace,
-    ) -> Result<Checked, Denial> {
+    ) -> Result<Checked<'g, 'r>, Denial> {
         let canonical = self.canonical(req)?;
         if let Some(answer) = self.preflight(req, &canonical) {
             return answer;
         }
-        let segments = canonical.matched();
-        let unauthenticated = || {
+        let unauthenticated = |canonical: CanonicalPath<'_>| {
             Ok(Checked::Forward(Forward {
                 path: canonical.encoded(self.policy.path_rules),
                 principal: None,
@@ -280,10 +424,10 @@ impl Gateway {
                 sunset: None,
             }))
         };
-        let Some(route) = self.policy.route(req.method, segments) else {
+        let Some(route) = self.policy.route(req.method, canonical.matched()) else {
             return match self.policy.default {
                 DefaultAction::Deny => Err(Denial::NoRoute),
-                DefaultAction::Allow => unauthenticated(),
+                DefaultAction::Allow => unauthenticated(canonical),
             };
         };
         trace.route.set(Some(route.index));
@@ -292,50 +436,58 @@ impl Gateway {
             return Err(Denial::IpNotAllowed);
         }
         if route.public {
-            return unauthenticated();
+            return unauthenticated(canonical);
         }
         let (credential, found) = credential::extract(&self.policy.credentials, req.headers, req.query);
-        let record = self
-            .authenticate_traced(credential, records, now, Some(trace))
-            .await?;
-        let param = |name: &str| route.pattern.param(name, segments);
-        let tenant = authorize(route, param, &record, req.client_ip)?;
-        Ok(Checked::Forward(Forward {
-            path: canonical.encoded(self.policy.path_rules),
-            sunset: self.sunset(&record, now),
-            principal: Some(Principal { record, tenant }),
+        let auth = self.authenticate_start(credential)?;
+        Ok(Checked::NeedRecord(Pending {
+            auth,
+            route,
+            canonical,
             credential: found,
+            client_ip: req.client_ip,
         }))
     }
 
     /// From a credential string to a live record: shape and checksum, lookup, constant-time hash
     /// check, then state. Unknown ids and hash mismatches take the same path to `InvalidKey`.
+    /// Drives [`Gateway::authenticate_start`], the lookup, and [`Gateway::authenticate_finish`].
     pub async fn authenticate<S: KvStore>(
         &self,
         credential: Result<String, CredentialError>,
         records: &Records<'_, S>,
         now: Timestamp,
     ) -> Result<Rc<KeyRecord>, Denial> {
-        self.authenticate_traced(credential, records, now, None).await
+        let pending = self.authenticate_start(credential)?;
+        let record = records.get(pending.key_id(), now).await;
+        self.authenticate_finish(pending, Known::new(record), now)
     }
 
-    async fn authenticate_traced<S: KvStore>(
+    /// The first step of [`Gateway::authenticate`], with no I/O: one credential, of this
+    /// gateway's key shape, with a valid checksum.
+    pub fn authenticate_start(
         &self,
         credential: Result<String, CredentialError>,
-        records: &Records<'_, S>,
-        now: Timestamp,
-        trace: Option<&Trace>,
-    ) -> Result<Rc<KeyRecord>, Denial> {
+    ) -> Result<PendingAuth, Denial> {
         let credential = credential.map_err(|e| match e {
             CredentialError::Missing => Denial::MissingKey,
             CredentialError::Malformed => Denial::MalformedKey,
             CredentialError::Ambiguous => Denial::AmbiguousKey,
         })?;
         let key = ApiKey::parse(&credential, &self.policy.key_prefix).ok_or(Denial::MalformedKey)?;
-        if let Some(t) = trace {
-            *t.key_id.borrow_mut() = Some(key.id().clone());
-        }
-        let record = match records.get(key.id(), now).await {
+        Ok(PendingAuth { key })
+    }
+
+    /// The second step of [`Gateway::authenticate`], with no I/O: the lookup's outcome (a
+    /// store error fails closed), the constant-time hash check, then the record's state.
+    pub fn authenticate_finish(
+        &self,
+        pending: PendingAuth,
+        known: Known,
+        now: Timestamp,
+    ) -> Result<Rc<KeyRecord>, Denial> {
+        let key = pending.key;
+        let record = match known.record {
             Ok(r) => r,
             Err(LookupError::Store(_)) => return Err(Denial::StoreUnavailable),
             Err(LookupError::Corrupt(id)) => return Err(Denial::RecordInvalid(id)),
@@ -345,7 +497,8 @@ impl Gateway {
             None => Ok(false),
         };
         let record = match (record, verified) {
-            (Some(r), Ok(true)) if r.environment == key.environment() => r,
+            // The caller looked the record up: it must be the key's own.
+            (Some(r), Ok(true)) if r.id == *key.id() && r.environment == key.environment() => r,
             (Some(r), Err(HashError::PepperMissing)) => return Err(Denial::PepperMissing(r.id.clone())),
             _ => return Err(Denial::InvalidKey),
         };
@@ -365,9 +518,10 @@ impl Gateway {
     }
 }
 
-enum Checked {
+enum Checked<'g, 'r> {
     Forward(Forward),
     Preflight(Vec<(&'static str, String)>),
+    NeedRecord(Pending<'g, 'r>),
 }
 
 fn allow_origin(cors: &Cors, origin: &str) -> Vec<(&'static str, String)> {

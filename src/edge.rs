@@ -10,7 +10,7 @@ use futures_util::StreamExt;
 use crate::admin::{AdminContext, AdminRequest, MAX_BODY};
 use crate::cache::RecordCache;
 use crate::credential::HeaderSource;
-use crate::decide::{Decision, Denial, Forward, Gateway, RequestFacts, Trace};
+use crate::decide::{Decision, Denial, Forward, Gateway, Known, RequestFacts, Step};
 use crate::forward::{Target, outbound_headers, outbound_query};
 use crate::ip::ClientIp;
 use crate::key::{KeyHasher, KeyPrefix};
@@ -377,8 +377,16 @@ async fn handle(req: Request, env: &Env, request_id: &str) -> worker::Result<Res
         host: &authority,
         has_body: has_body(req.headers()),
     };
-    let trace = Trace::default();
-    let decision = gateway.decide_traced(&facts, &records, now(), &trace).await;
+    // The decision's two pure steps; the one I/O between them is the record lookup (this
+    // isolate's cache, then KV), and only for a request that presents a well-formed key.
+    let now = now();
+    let (decision, trace) = match gateway.start(&facts) {
+        Step::Done(decision, trace) => (decision, trace),
+        Step::NeedRecord(pending) => {
+            let record = records.get(pending.key_id(), now).await;
+            gateway.finish(pending, Known::new(record), now)
+        }
+    };
     let cors = match &decision {
         Decision::Preflight(_) => Vec::new(),
         _ => gateway.cors_headers(&facts),

@@ -242,3 +242,251 @@ fn query_keys_only_when_the_policy_opts_in() {
     doc["credentials"]["query_param"] = json!("bad name!");
     assert!(keygate::policy::Policy::from_json(&doc).is_err());
 }
+
+// The two pure steps, driven with no store at all: the caller supplies the lookup's outcome.
+mod steps {
+    use std::rc::Rc;
+
+    use keygate::credential::CredentialError;
+    use keygate::decide::{Decision, Denial, Gateway, Known, RequestFacts, Step};
+    use keygate::ip::ClientIp;
+    use keygate::key::{ApiKey, Environment, KeyHasher, KeyId, KeyPrefix};
+    use keygate::record::KeyRecord;
+    use keygate::store::{LookupError, StoreError};
+    use keygate::time::Timestamp;
+    use serde_json::{Value, json};
+
+    use crate::{T0, policy};
+
+    fn gateway() -> Gateway {
+        Gateway {
+            policy: policy(),
+            hasher: KeyHasher::new(None),
+        }
+    }
+
+    fn now() -> Timestamp {
+        Timestamp::from_millis(T0)
+    }
+
+    fn headers(key: &str) -> Vec<(String, String)> {
+        vec![("x-api-key".to_owned(), key.to_owned())]
+    }
+
+    fn facts<'a>(
+        method: &'a str,
+        path: &'a str,
+        headers: &'a Vec<(String, String)>,
+        ip: Option<&str>,
+    ) -> RequestFacts<'a, Vec<(String, String)>> {
+        RequestFacts {
+            method,
+            path,
+            query: None,
+            headers,
+            client_ip: ip.and_then(ClientIp::parse),
+            host: "gw.example",
+            has_body: false,
+        }
+    }
+
+    /// The record `key` was issued with, changed by `extra`.
+    fn record(g: &Gateway, key: &ApiKey, extra: Value) -> Rc<KeyRecord> {
+        let (version, hash) = g.hasher.hash(key);
+        let mut v = json!({
+            "id": key.id().as_str(), "name": "k", "tag": "t", "environment": "live",
+            "scopes": ["license:read"], "created_at": "2026-01-01T00:00:00Z",
+            "updated_at": "2026-01-01T00:00:00Z", "enabled": true,
+            "hash_version": version, "hash": hash,
+        });
+        for (k, x) in extra.as_object().unwrap() {
+            v[k] = x.clone();
+        }
+        Rc::new(serde_json::from_value(v).unwrap())
+    }
+
+    fn live_key() -> ApiKey {
+        ApiKey::generate(&KeyPrefix::default(), Environment::Live).unwrap()
+    }
+
+    fn done(step: Step<'_, '_>) -> (Decision, Option<usize>, Option<KeyId>) {
+        match step {
+            Step::Done(d, t) => (d, t.route.get(), t.key_id.into_inner()),
+            Step::NeedRecord(p) => panic!("expected a decision, got a lookup of {}", p.key_id()),
+        }
+    }
+
+    /// Starts `GET /licenses/1` with `key`, which must need its record, and finishes it with
+    /// `record` as the lookup's outcome.
+    fn finish_with(
+        g: &Gateway,
+        key: &ApiKey,
+        record: Result<Option<Rc<KeyRecord>>, LookupError>,
+    ) -> (Decision, Option<usize>, Option<KeyId>) {
+        let h = headers(key.expose());
+        let Step::NeedRecord(pending) = g.start(&facts("GET", "/licenses/1", &h, None)) else {
+            panic!("a well-formed key needs its record");
+        };
+        let (d, t) = g.finish(pending, Known::new(record), now());
+        (d, t.route.get(), t.key_id.into_inner())
+    }
+
+    fn deny(d: Decision) -> Denial {
+        match d {
+            Decision::Deny(d) => d,
+            other => panic!("expected a denial, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn start_decides_everything_that_needs_no_record() {
+        let g = gateway();
+        let licenses = g.policy.route("GET", &["licenses", "1"]).unwrap().index;
+
+        let h = headers("kg_live_nope");
+        let (d, route, key_id) = done(g.start(&facts("GET", "/licenses/1", &h, None)));
+        assert_eq!(deny(d), Denial::MalformedKey);
+        assert_eq!((route, key_id), (Some(licenses), None));
+
+        let none = Vec::new();
+        let (d, _, _) = done(g.start(&facts("GET", "/licenses/1", &none, None)));
+        assert_eq!(deny(d), Denial::MissingKey);
+
+        let key = live_key();
+        let h = headers(key.expose());
+        let (d, route, _) = done(g.start(&facts("GET", "/internal/x", &h, Some("8.8.8.8"))));
+        assert_eq!(deny(d), Denial::IpNotAllowed);
+        assert!(route.is_some());
+        let (d, route, _) = done(g.start(&facts("GET", "/nowhere", &h, None)));
+        assert_eq!((deny(d), route), (Denial::NoRoute, None));
+        let (d, _, _) = done(g.start(&facts("GET", "/%zz", &h, None)));
+        assert_eq!(deny(d), Denial::InvalidPath);
+
+        match done(g.start(&facts("GET", "/public/x", &none, None))).0 {
+            Decision::Forward(f) => assert!(f.principal.is_none()),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn start_names_the_record_it_needs() {
+        let g = gateway();
+        let key = live_key();
+        let h = headers(key.expose());
+        match g.start(&facts("GET", "/licenses/1", &h, None)) {
+            Step::NeedRecord(p) => {
+                assert_eq!(p.key_id(), key.id());
+                assert_eq!(
+                    p.route_index(),
+                    g.policy.route("GET", &["licenses", "1"]).unwrap().index
+                );
+            }
+            Step::Done(d, _) => panic!("{d:?}"),
+        }
+    }
+
+    #[test]
+    fn finish_forwards_a_live_record_and_traces_the_key() {
+        let g = gateway();
+        let key = live_key();
+        let (d, route, key_id) = finish_with(&g, &key, Ok(Some(record(&g, &key, json!({})))));
+        match d {
+            Decision::Forward(f) => {
+                assert_eq!(f.path, "/licenses/1");
+                assert_eq!(f.principal.unwrap().key_id(), key.id());
+                assert!(f.credential.in_api_key_header);
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(route.is_some());
+        assert_eq!(key_id.as_ref(), Some(key.id()));
+    }
+
+    #[test]
+    fn finish_denies_unknown_keys_and_fails_closed_on_lookup_errors() {
+        let g = gateway();
+        let key = live_key();
+        let (d, _, key_id) = finish_with(&g, &key, Ok(None));
+        assert_eq!(deny(d), Denial::InvalidKey);
+        assert_eq!(
+            key_id.as_ref(),
+            Some(key.id()),
+            "the denial's log line names the key id"
+        );
+
+        let down = Err(LookupError::Store(StoreError("down".into())));
+        assert_eq!(deny(finish_with(&g, &key, down).0), Denial::StoreUnavailable);
+        let corrupt = Err(LookupError::Corrupt(key.id().clone()));
+        assert_eq!(
+            deny(finish_with(&g, &key, corrupt).0),
+            Denial::RecordInvalid(key.id().clone())
+        );
+    }
+
+    #[test]
+    fn finish_checks_hash_state_and_route() {
+        let g = gateway();
+        let key = live_key();
+        let with = |extra: Value| deny(finish_with(&g, &key, Ok(Some(record(&g, &key, extra)))).0);
+        assert_eq!(
+            with(json!({"revoked_at": "2026-06-01T00:00:00Z"})),
+            Denial::RevokedKey
+        );
+        assert_eq!(with(json!({"enabled": false})), Denial::DisabledKey);
+        assert_eq!(
+            with(json!({"expires_at": "2026-06-01T00:00:00Z"})),
+            Denial::ExpiredKey
+        );
+        assert_eq!(with(json!({"hash": "00".repeat(32)})), Denial::InvalidKey);
+        assert_eq!(
+            with(json!({"scopes": ["other:read"]})),
+            Denial::InsufficientScope {
+                required: vec!["license:read".into()]
+            }
+        );
+        assert_eq!(
+            with(json!({"ip_allowlist": ["10.0.0.0/8"]})),
+            Denial::IpNotAllowed,
+            "a key IP allowlist and no address"
+        );
+        // A lookup that returns another key's record, even with this key's hash, is not this key.
+        let other = live_key();
+        assert_eq!(with(json!({"id": other.id().as_str()})), Denial::InvalidKey);
+    }
+
+    #[test]
+    fn authenticate_in_two_steps() {
+        let g = gateway();
+        assert_eq!(
+            g.authenticate_start(Err(CredentialError::Missing)).unwrap_err(),
+            Denial::MissingKey
+        );
+        assert_eq!(
+            g.authenticate_start(Err(CredentialError::Ambiguous)).unwrap_err(),
+            Denial::AmbiguousKey
+        );
+        assert_eq!(
+            g.authenticate_start(Ok("kg_live_nope".into())).unwrap_err(),
+            Denial::MalformedKey
+        );
+        let key = live_key();
+        let start = || g.authenticate_start(Ok(key.expose().to_owned())).unwrap();
+        assert_eq!(start().key_id(), key.id());
+        let rec = record(&g, &key, json!({}));
+        let got = g
+            .authenticate_finish(start(), Known::new(Ok(Some(rec.clone()))), now())
+            .unwrap();
+        assert!(Rc::ptr_eq(&got, &rec));
+        assert_eq!(
+            g.authenticate_finish(start(), Known::new(Ok(None)), now())
+                .unwrap_err(),
+            Denial::InvalidKey
+        );
+        let down = Err(LookupError::Store(StoreError("down".into())));
+        assert_eq!(
+            g.authenticate_finish(start(), Known::new(down), now())
+                .unwrap_err(),
+            Denial::StoreUnavailable
+        );
+    }
+}
