@@ -100,6 +100,12 @@ impl RecordCache {
         );
     }
 
+    /// Drop what is cached for `id` (an admin change through this isolate): the next lookup
+    /// reads the store.
+    pub fn forget(&mut self, id: &KeyId) {
+        self.remove(id);
+    }
+
     fn remove(&mut self, id: &KeyId) {
         if let Some(e) = self.entries.remove(id)
             && e.record.is_none()

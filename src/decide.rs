@@ -23,6 +23,7 @@ use crate::key::{ApiKey, Environment, HashError, KeyHasher, KeyId, holds_key};
 use crate::path::{self, CanonicalPath};
 use crate::policy::{Cors, DefaultAction, Policy, Route};
 use crate::record::{KeyRecord, Status};
+use crate::revocation::Kind;
 use crate::scope::ScopeTemplate;
 use crate::store::{KvStore, LookupError, Records};
 use crate::time::Timestamp;
@@ -212,11 +213,23 @@ impl PendingAuth {
 pub struct Known {
     /// The lookup of the pending key's record: cache, then store. `Ok(None)`: no such key.
     pub record: Result<Option<Rc<KeyRecord>>, LookupError>,
+    /// The revocation feed's newest entry for the key, if it has one: it denies a record older
+    /// than the change it announces, cached or not (`crate::revocation`).
+    pub feed_entry: Option<crate::revocation::Entry>,
 }
 
 impl Known {
     pub fn new(record: Result<Option<Rc<KeyRecord>>, LookupError>) -> Self {
-        Known { record }
+        Known {
+            record,
+            feed_entry: None,
+        }
+    }
+
+    /// With what the isolate's copy of the revocation feed says about the key.
+    pub fn with_feed(mut self, feed: &crate::revocation::Feed, id: &KeyId) -> Self {
+        self.feed_entry = feed.entry(id).cloned();
+        self
     }
 }
 
@@ -249,6 +262,24 @@ impl Gateway {
         };
         trace.fill(learned);
         decision
+    }
+
+    /// [`Gateway::decide`] with the isolate's copy of the revocation feed.
+    pub async fn decide_with_feed<S: KvStore, H: HeaderSource + ?Sized>(
+        &self,
+        req: &RequestFacts<'_, H>,
+        records: &Records<'_, S>,
+        feed: &crate::revocation::Feed,
+        now: Timestamp,
+    ) -> Decision {
+        match self.start(req) {
+            Step::Done(decision, _) => decision,
+            Step::NeedRecord(pending) => {
+                let record = records.get(pending.key_id(), now).await;
+                let known = Known::new(record).with_feed(feed, pending.key_id());
+                self.finish(pending, known, now).0
+            }
+        }
     }
 
     /// The first step, with no I/O: every check that needs no key record (hop header, route
@@ -502,7 +533,15 @@ impl Gateway {
             (Some(r), Err(HashError::PepperMissing)) => return Err(Denial::PepperMissing(r.id.clone())),
             _ => return Err(Denial::InvalidKey),
         };
-        match record.status(now) {
+        let status = match known.feed_entry.as_ref().and_then(|e| e.stale(&record, now)) {
+            // The feed knows of a newer state of the key than this record holds.
+            Some(Kind::Revoked) => Status::Revoked,
+            Some(Kind::Disabled) => Status::Disabled,
+            Some(Kind::Expires) => Status::Expired,
+            Some(Kind::Deleted) => return Err(Denial::InvalidKey),
+            None => record.status(now),
+        };
+        match status {
             Status::Active => Ok(record),
             Status::Revoked => Err(Denial::RevokedKey),
             Status::Disabled => Err(Denial::DisabledKey),

@@ -7,7 +7,7 @@ use std::rc::Rc;
 
 use futures_util::StreamExt;
 
-use crate::admin::{AdminContext, AdminRequest, MAX_BODY};
+use crate::admin::MAX_BODY;
 use crate::cache::RecordCache;
 use crate::credential::HeaderSource;
 use crate::decide::{Decision, Denial, Forward, Gateway, Known, RequestFacts, Step};
@@ -25,6 +25,9 @@ use worker::{
     console_log, event,
 };
 
+mod durable;
+mod feed;
+
 /// The gateway and where it forwards, built once per isolate from the env.
 struct Deployment {
     gateway: Gateway,
@@ -39,16 +42,12 @@ const FORWARDABLE: [&str; 7] = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE",
 /// Edge-cache KV reads on the validation path for the minimum KV allows.
 const KV_CACHE_TTL: u64 = 30;
 const RECORD_CACHE_CAPACITY: usize = 10_000;
-/// Audit events per isolate and minute for denied admin attempts with unverified credentials.
-const UNVERIFIED_AUDITS_PER_MINUTE: u32 = 30;
 const NEGATIVE_CACHE_CAPACITY: usize = 10_000;
 
 thread_local! {
     /// Parsed once per isolate: the env does not change under a running isolate.
     static GATEWAY: RefCell<Option<Result<Rc<Deployment>, String>>> = const { RefCell::new(None) };
     static CACHE: RefCell<Option<Rc<RefCell<RecordCache>>>> = const { RefCell::new(None) };
-    /// Audit events written this minute for admin attempts with an unverified credential.
-    static UNVERIFIED_AUDITS: std::cell::Cell<(i64, u32)> = const { std::cell::Cell::new((0, 0)) };
     /// The admin API's "disabled because" line has been logged in this isolate.
     static TOKEN_WARNED: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
 }
@@ -346,7 +345,7 @@ async fn handle(req: Request, env: &Env, request_id: &str) -> worker::Result<Res
             let p = Problem::from_denial(&Denial::NoRoute, &policy.realm);
             return answer(&ctx, &p, None, None, Some("outside the admin fence"));
         }
-        return admin(req, env, gateway, &cache, &ctx, &admin_path).await;
+        return admin(req, env, &ctx, &admin_path).await;
     }
     if !FORWARDABLE.contains(&method.as_str()) {
         return answer(&ctx, &problem::method_not_implemented(), None, None, None);
@@ -383,8 +382,11 @@ async fn handle(req: Request, env: &Env, request_id: &str) -> worker::Result<Res
     let (decision, trace) = match gateway.start(&facts) {
         Step::Done(decision, trace) => (decision, trace),
         Step::NeedRecord(pending) => {
+            // The revocation feed, at most once per `revocation_poll_ms` per isolate.
+            feed::refresh(env, policy.revocation_poll_ms, now).await;
             let record = records.get(pending.key_id(), now).await;
-            gateway.finish(pending, Known::new(record), now)
+            let known = feed::with(|f| Known::new(record).with_feed(f, pending.key_id()));
+            gateway.finish(pending, known, now)
         }
     };
     let cors = match &decision {
@@ -538,89 +540,56 @@ async fn bounded_body(req: &mut Request) -> Result<Vec<u8>, Problem> {
     Ok(body)
 }
 
+/// The admin API runs in the registry Durable Object (`durable`): this hands it the request,
+/// reduced to plain values once the admin fence has admitted it and its body is within bounds.
 async fn admin(
     mut req: Request,
     env: &Env,
-    gateway: &Gateway,
-    cache: &RefCell<RecordCache>,
     ctx: &RequestContext<'_>,
     path: &str,
 ) -> worker::Result<Response> {
     let url = req.url()?;
-    let query = url.query();
-    let no_store = |mut r: Response| -> worker::Result<Response> {
-        r.headers_mut().set("Cache-Control", "no-store")?;
-        Ok(r)
-    };
     let body = match bounded_body(&mut req).await {
         Ok(b) => b,
-        Err(p) => return no_store(answer(ctx, &p, None, None, None)?),
-    };
-    let kv = Kv {
-        inner: env.kv(KV_BINDING)?,
-        cache_ttl: None,
-    };
-    let weakness = crate::admin::admin_token_weakness(ctx.token);
-    if let Some(reason) = weakness
-        && !TOKEN_WARNED.replace(true)
-    {
-        // Once per isolate: the reason never changes under a running isolate.
-        let mut m = ctx.problem("admin_disabled", 503, None, None);
-        m.insert("reason".into(), serde_json::json!(reason));
-        console_error!("{}", log::line(m));
-    }
-    let admin = AdminContext::new(gateway, Records { store: &kv, cache }, ctx.token, now());
-    let headers = RequestHeaders(req.headers());
-    let request = AdminRequest {
-        method: ctx.method,
-        path,
-        query,
-        headers: &headers,
-        body: &body,
-        client_ip: ctx.client_ip,
-    };
-    // Denied attempts with an unverified credential are audited up to a budget per isolate and
-    // minute, so a stranger cannot turn bad credentials into unbounded KV writes (they are all
-    // logged either way).
-    let minute = now().millis() / 60_000;
-    let (window, used) = UNVERIFIED_AUDITS.get();
-    let used = if window == minute { used } else { 0 };
-    admin.audit_unverified(used < UNVERIFIED_AUDITS_PER_MINUTE);
-    let result = admin.handle(&request).await;
-    let unverified = admin
-        .journal()
-        .iter()
-        .filter(|e| e.actor == "unknown" || e.actor.starts_with("unverified:"))
-        .count();
-    UNVERIFIED_AUDITS.set((
-        minute,
-        used.saturating_add(u32::try_from(unverified).unwrap_or(u32::MAX)),
-    ));
-    // One line per audit event written (admin writes and denied attempts).
-    for event in admin.journal() {
-        console_log!("{}", log::line(ctx.admin(&event)));
-    }
-    let response = match result {
-        Ok(reply) => {
-            let headers = Headers::new();
-            let response = match reply.body {
-                Some(v) => {
-                    headers.set("Content-Type", "application/json")?;
-                    Response::from_bytes(v.to_string().into_bytes())?
-                }
-                None => Response::empty()?,
-            };
-            response.with_status(reply.status).with_headers(headers)
-        }
         Err(p) => {
-            let target = crate::admin::target_key(path).map(|k| k.to_string());
-            let mut m = ctx.problem(p.code, p.status, None, target.as_deref());
-            m.insert("actor".into(), serde_json::json!(admin.actor()));
-            if p.status >= 500 {
-                m.insert("reason".into(), serde_json::json!(p.detail));
-            }
-            respond(ctx, &p, m)?
+            let mut r = answer(ctx, &p, None, None, None)?;
+            r.headers_mut().set("Cache-Control", "no-store")?;
+            return Ok(r);
         }
     };
-    no_store(response)
+    let envelope = durable::Envelope {
+        method: ctx.method.to_owned(),
+        path: path.to_owned(),
+        query: url.query().map(str::to_owned),
+        headers: req.headers().entries().collect(),
+        body: base64::Engine::encode(&base64::engine::general_purpose::STANDARD, &body),
+        client_ip: ctx.client_ip.map(|i| i.to_string()),
+        request_id: ctx.request_id.to_owned(),
+    };
+    match durable::forward_admin(env, &envelope).await {
+        Ok(response) => {
+            if ctx.method != "GET" && ctx.method != "HEAD" {
+                // A change made through this isolate shows here at once: the next request reads
+                // the feed from the registry itself, and the key's record from KV again.
+                feed::invalidate();
+                if let Some(id) = crate::admin::target_key(path)
+                    && let Ok(d) = deployment(env)
+                {
+                    cache(&d.gateway.policy).borrow_mut().forget(&id);
+                }
+            }
+            Ok(response)
+        }
+        Err(e) => {
+            let mut r = answer(
+                ctx,
+                &problem::store_unavailable(),
+                None,
+                None,
+                Some(&format!("the registry is unreachable: {e}")),
+            )?;
+            r.headers_mut().set("Cache-Control", "no-store")?;
+            Ok(r)
+        }
+    }
 }

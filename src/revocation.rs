@@ -65,6 +65,14 @@ pub struct Entry {
     pub kind: Kind,
 }
 
+impl Entry {
+    /// Whether this entry makes `record` stale at `now`: the record predates the change, and the
+    /// change is in effect.
+    pub fn stale(&self, record: &KeyRecord, now: Timestamp) -> Option<Kind> {
+        (record.id == self.key_id && record.version < self.version && now >= self.at).then_some(self.kind)
+    }
+}
+
 /// The feed as served: every entry still in retention, oldest first, and the latest sequence
 /// number the registry has assigned.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -75,7 +83,11 @@ pub struct FeedPage {
 
 /// The change between two states of a key that the feed must publish, if any: the most
 /// permanent one wins (revoked, then deleted, then disabled, then a shorter expiry).
-pub fn narrowing(before: Option<&KeyRecord>, after: Option<&KeyRecord>, now: Timestamp) -> Option<(Kind, Timestamp)> {
+pub fn narrowing(
+    before: Option<&KeyRecord>,
+    after: Option<&KeyRecord>,
+    now: Timestamp,
+) -> Option<(Kind, Timestamp)> {
     let before = before?;
     let Some(after) = after else {
         return Some((Kind::Deleted, now));
@@ -132,10 +144,14 @@ impl Feed {
         self.by_key.is_empty()
     }
 
+    /// The newest entry for a key.
+    pub fn entry(&self, id: &KeyId) -> Option<&Entry> {
+        self.by_key.get(id)
+    }
+
     /// The entry that makes `record` stale at `now`, if any.
     pub fn denies(&self, record: &KeyRecord, now: Timestamp) -> Option<Kind> {
-        let e = self.by_key.get(&record.id)?;
-        (record.version < e.version && now >= e.at).then_some(e.kind)
+        self.by_key.get(&record.id)?.stale(record, now)
     }
 }
 
@@ -162,20 +178,37 @@ mod tests {
     fn narrowing_names_the_most_permanent_change() {
         let now = at(1_000);
         let before = sample("0123456789abcdef");
-        assert_eq!(narrowing(None, Some(&before), now), None, "creation narrows nothing");
+        assert_eq!(
+            narrowing(None, Some(&before), now),
+            None,
+            "creation narrows nothing"
+        );
         assert_eq!(narrowing(Some(&before), None, now), Some((Kind::Deleted, now)));
         let mut after = before.clone();
         after.enabled = false;
         after.revoked_at = Some(now);
-        assert_eq!(narrowing(Some(&before), Some(&after), now), Some((Kind::Revoked, now)));
+        assert_eq!(
+            narrowing(Some(&before), Some(&after), now),
+            Some((Kind::Revoked, now))
+        );
         after.revoked_at = None;
-        assert_eq!(narrowing(Some(&before), Some(&after), now), Some((Kind::Disabled, now)));
+        assert_eq!(
+            narrowing(Some(&before), Some(&after), now),
+            Some((Kind::Disabled, now))
+        );
         let mut after = before.clone();
         after.expires_at = Some(at(5_000));
-        assert_eq!(narrowing(Some(&before), Some(&after), now), Some((Kind::Expires, at(5_000))));
+        assert_eq!(
+            narrowing(Some(&before), Some(&after), now),
+            Some((Kind::Expires, at(5_000)))
+        );
         let mut later = after.clone();
         later.expires_at = Some(at(9_000));
-        assert_eq!(narrowing(Some(&after), Some(&later), now), None, "a longer expiry widens");
+        assert_eq!(
+            narrowing(Some(&after), Some(&later), now),
+            None,
+            "a longer expiry widens"
+        );
         let mut renamed = before.clone();
         renamed.name = "other".into();
         assert_eq!(narrowing(Some(&before), Some(&renamed), now), None);
@@ -200,7 +233,11 @@ mod tests {
         assert_eq!(feed.denies(&r, at(999)), None, "not yet in effect");
         assert_eq!(feed.denies(&r, at(1_000)), Some(Kind::Revoked));
         r.version = 3;
-        assert_eq!(feed.denies(&r, at(5_000)), None, "the record holds the change itself");
+        assert_eq!(
+            feed.denies(&r, at(5_000)),
+            None,
+            "the record holds the change itself"
+        );
         let mut other = sample("00000000000000aa");
         other.version = 4;
         assert_eq!(feed.denies(&other, at(8_999)), None);
@@ -215,7 +252,10 @@ mod tests {
             seq: 5,
             entries: vec![entry("0123456789abcdef", 3, 0, Kind::Disabled, 5)],
         });
-        feed.apply(FeedPage { seq: 4, entries: vec![] });
+        feed.apply(FeedPage {
+            seq: 4,
+            entries: vec![],
+        });
         assert_eq!(feed.seq(), 5);
         assert_eq!(feed.len(), 1);
         // The newest version per key wins within a page.

@@ -24,7 +24,10 @@ use super::{AdminContext, AdminRequest, AdminResult, Reply};
 
 /// `If-Match`: absent, `*`, or a list of entity tags one of which is the key's current
 /// `"<version>"` (weak tags compare by their value too). Anything else is `412`.
-pub(super) fn if_match<H: HeaderSource + ?Sized>(req: &AdminRequest<'_, H>, current: &KeyRecord) -> Result<(), Problem> {
+pub(super) fn if_match<H: HeaderSource + ?Sized>(
+    req: &AdminRequest<'_, H>,
+    current: &KeyRecord,
+) -> Result<(), Problem> {
     let Some(header) = req.headers.header("if-match") else {
         return Ok(());
     };
@@ -95,7 +98,13 @@ fn open(token: &str, aad: &str, sealed: &str) -> Option<StoredReply> {
     let bytes = hex::decode(sealed).ok()?;
     let (nonce, body) = (bytes.get(..12)?, bytes.get(12..)?);
     let plain = cipher(token)
-        .decrypt(Nonce::from_slice(nonce), Payload { msg: body, aad: aad.as_bytes() })
+        .decrypt(
+            Nonce::from_slice(nonce),
+            Payload {
+                msg: body,
+                aad: aad.as_bytes(),
+            },
+        )
         .ok()?;
     serde_json::from_slice(&plain).ok()
 }

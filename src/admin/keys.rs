@@ -19,12 +19,12 @@ use crate::store::LookupError;
 
 use super::actor::Actor;
 use super::audit::{AuditAction, changed_fields};
+use super::idempotency::if_match;
 use super::input::{
     CreateBody, PatchBody, RevokeBody, RotateBody, check_header_size, duration, expiry, no_key_inside,
     parse_body, valid_allowlist, valid_description, valid_environment, valid_group, valid_metadata,
     valid_name, valid_scopes, valid_tenants, valid_text,
 };
-use super::idempotency::if_match;
 use super::{AdminContext, AdminRequest, AdminResult, Reply, ok};
 
 /// The retired record: its successor, and its expiry capped at the grace end.

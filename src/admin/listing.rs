@@ -5,8 +5,8 @@ use std::collections::HashMap;
 
 use chacha20poly1305::aead::{Aead, KeyInit, Payload};
 use chacha20poly1305::{ChaCha20Poly1305, Nonce};
-use serde_json::json;
 use futures_util::FutureExt;
+use serde_json::json;
 use sha2::{Digest, Sha256};
 
 use crate::key::KeyId;
@@ -95,7 +95,9 @@ impl<S: AdminStore> AdminContext<'_, S> {
         let mut keep = |event_key: Option<&str>, _: &str| -> Result<bool, StoreError> {
             let Actor::Key(_) = actor else { return Ok(true) };
             // Events about no key (denied attempts) are for the operator's token only.
-            let Some(event_key) = event_key else { return Ok(false) };
+            let Some(event_key) = event_key else {
+                return Ok(false);
+            };
             if let Some(v) = visible.get(event_key) {
                 return Ok(*v);
             }

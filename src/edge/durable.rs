@@ -25,7 +25,7 @@ use crate::ip::ClientIp;
 use crate::key::KeyPrefix;
 use crate::log::{self, RequestContext};
 use crate::problem;
-use crate::registry::{SqlDb, SqlRegistry, SqlValue};
+use crate::registry::{AdminStore, SqlDb, SqlRegistry, SqlValue};
 use crate::store::{Records, StoreError};
 
 pub(super) const BINDING: &str = "REGISTRY";
@@ -83,7 +83,9 @@ impl SqlDb for DoSql {
                         SqlStorageValue::Boolean(b) => SqlValue::Int(i64::from(b)),
                         SqlStorageValue::Integer(i) => SqlValue::Int(i),
                         #[allow(clippy::cast_possible_truncation)]
-                        SqlStorageValue::Float(f) if f.fract() == 0.0 && f.abs() < 9.0e15 => SqlValue::Int(f as i64),
+                        SqlStorageValue::Float(f) if f.fract() == 0.0 && f.abs() < 9.0e15 => {
+                            SqlValue::Int(f as i64)
+                        }
                         SqlStorageValue::Float(f) => SqlValue::Text(f.to_string()),
                         SqlStorageValue::String(s) => SqlValue::Text(s),
                         SqlStorageValue::Blob(b) => SqlValue::Text(String::from_utf8_lossy(&b).into_owned()),
@@ -134,7 +136,10 @@ impl DurableObject for Registry {
         let registry = match &self.registry {
             Ok(r) => r.clone(),
             Err(e) => {
-                console_error!("{}", serde_json::json!({"level": "error", "event": "registry", "reason": e}));
+                console_error!(
+                    "{}",
+                    serde_json::json!({"level": "error", "event": "registry", "reason": e})
+                );
                 return Response::error("registry unavailable", 503);
             }
         };
@@ -162,7 +167,10 @@ impl DurableObject for Registry {
         if let Ok(registry) = &self.registry {
             let registry = registry.clone();
             if let Err(e) = registry.prune(now()) {
-                console_error!("{}", serde_json::json!({"level": "error", "event": "registry", "reason": e.0}));
+                console_error!(
+                    "{}",
+                    serde_json::json!({"level": "error", "event": "registry", "reason": e.0})
+                );
             }
             self.flush(&registry).await;
         }
@@ -198,7 +206,10 @@ impl Registry {
                     .map_err(|e| worker::Error::RustError(e.0))
             })
             .await?;
-        console_log!("{}", serde_json::json!({"level": "info", "event": "registry_import", "records": count}));
+        console_log!(
+            "{}",
+            serde_json::json!({"level": "info", "event": "registry_import", "records": count})
+        );
         self.imported.set(true);
         Ok(())
     }
@@ -225,7 +236,13 @@ impl Registry {
             Ok(r)
         };
         let Ok(body) = B64.decode(envelope.body.as_bytes()) else {
-            return no_store(answer(&ctx, &problem::internal_error("The admin request was garbled."), None, None, None)?);
+            return no_store(answer(
+                &ctx,
+                &problem::internal_error("The admin request was garbled."),
+                None,
+                None,
+                None,
+            )?);
         };
         if let Some(reason) = crate::admin::admin_token_weakness(token)
             && !TOKEN_WARNED.replace(true)
@@ -275,7 +292,13 @@ impl Registry {
         }
         if let Err(e) = registry.commit(started) {
             registry.discard();
-            return no_store(answer(&ctx, &problem::store_unavailable(), None, None, Some(&e.0))?);
+            return no_store(answer(
+                &ctx,
+                &problem::store_unavailable(),
+                None,
+                None,
+                Some(&e.0),
+            )?);
         }
         self.commits.set(self.commits.get().wrapping_add(1));
         let unverified = admin
@@ -325,7 +348,10 @@ impl Registry {
             return;
         }
         let kv = match self.env.kv(KV_BINDING) {
-            Ok(inner) => Kv { inner, cache_ttl: None },
+            Ok(inner) => Kv {
+                inner,
+                cache_ttl: None,
+            },
             Err(e) => {
                 self.flushing.set(false);
                 self.retry_later(&e.to_string()).await;
@@ -371,7 +397,10 @@ impl Registry {
             serde_json::json!({"level": "error", "event": "replica_write_failed", "reason": reason, "failures": failures, "retry_in_ms": delay})
         );
         if let Err(e) = self.state.storage().set_alarm(delay).await {
-            console_error!("{}", serde_json::json!({"level": "error", "event": "registry", "reason": e.to_string()}));
+            console_error!(
+                "{}",
+                serde_json::json!({"level": "error", "event": "registry", "reason": e.to_string()})
+            );
         }
     }
 }
@@ -398,7 +427,8 @@ pub(super) async fn forward_admin(env: &Env, envelope: &Envelope) -> worker::Res
     let mut init = RequestInit::new();
     init.with_method(Method::Post)
         .with_body(Some(serde_json::to_string(envelope)?.into()));
-    stub.fetch_with_request(Request::new_with_init(ADMIN_URL, &init)?).await
+    stub.fetch_with_request(Request::new_with_init(ADMIN_URL, &init)?)
+        .await
 }
 
 /// The gateway side: the registry's revocation feed, fresh.

@@ -41,7 +41,9 @@ fn cache_key(now: Timestamp) -> String {
 
 /// Refresh the copy if `poll_ms` has passed since the last time.
 pub(super) async fn refresh(env: &Env, poll_ms: u32, now: Timestamp) {
-    let due = LAST_POLL.get().is_none_or(|last| now.millis().saturating_sub(last) >= i64::from(poll_ms));
+    let due = LAST_POLL
+        .get()
+        .is_none_or(|last| now.millis().saturating_sub(last) >= i64::from(poll_ms));
     if !due {
         return;
     }

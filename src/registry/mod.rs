@@ -139,6 +139,10 @@ pub struct Idempotent {
     pub sealed: String,
 }
 
+/// Which audit events a page keeps, given the event's key id and JSON (an admin key sees only
+/// events of keys within its reach).
+pub type AuditKeep<'a> = dyn FnMut(Option<&str>, &str) -> Result<bool, StoreError> + 'a;
+
 /// The filters of `GET /admin/keys` that SQL applies.
 #[derive(Debug, Clone, Default)]
 pub struct KeyFilter {
@@ -261,11 +265,14 @@ impl<D: SqlDb> SqlRegistry<D> {
                     if before.is_none() {
                         continue;
                     }
-                    self.db.exec("DELETE FROM records WHERE id = ?1", &[id.as_str().into()])?;
+                    self.db
+                        .exec("DELETE FROM records WHERE id = ?1", &[id.as_str().into()])?;
                     base.saturating_add(1)
                 }
             };
-            if let Some((kind, at)) = revocation::narrowing(before_record.as_ref(), after_record.as_ref(), now) {
+            if let Some((kind, at)) =
+                revocation::narrowing(before_record.as_ref(), after_record.as_ref(), now)
+            {
                 self.db.exec(
                     "INSERT INTO revocations (key_id, at, version, kind) VALUES (?1, ?2, ?3, ?4)",
                     &[
@@ -330,8 +337,10 @@ impl<D: SqlDb> SqlRegistry<D> {
     /// feed entries past retention whose replica write has landed.
     pub fn prune(&self, now: Timestamp) -> Result<(), StoreError> {
         let t = now.millis();
-        self.db
-            .exec("DELETE FROM audit WHERE expires_at IS NOT NULL AND expires_at <= ?1", &[t.into()])?;
+        self.db.exec(
+            "DELETE FROM audit WHERE expires_at IS NOT NULL AND expires_at <= ?1",
+            &[t.into()],
+        )?;
         self.db
             .exec("DELETE FROM idempotency WHERE expires_at <= ?1", &[t.into()])?;
         self.db.exec(
@@ -367,8 +376,10 @@ impl<D: SqlDb> SqlRegistry<D> {
                 None => kv.delete(&k).await,
             };
             if let Err(e) = result {
-                self.db
-                    .exec("UPDATE outbox SET attempts = attempts + 1 WHERE k = ?1", &[k.as_str().into()])?;
+                self.db.exec(
+                    "UPDATE outbox SET attempts = attempts + 1 WHERE k = ?1",
+                    &[k.as_str().into()],
+                )?;
                 return Err(e);
             }
             self.db.exec(
@@ -392,7 +403,10 @@ impl<D: SqlDb> SqlRegistry<D> {
     /// many it imported.
     pub async fn import_from<K: KvStore>(&self, kv: &K, now: Timestamp) -> Result<usize, StoreError> {
         let cache = RefCell::new(crate::cache::RecordCache::new(1, 0, 0, 0));
-        let old = Records { store: kv, cache: &cache };
+        let old = Records {
+            store: kv,
+            cache: &cache,
+        };
         let mut cursor: Option<String> = None;
         let mut imported = 0;
         loop {
@@ -441,7 +455,6 @@ impl<D: SqlDb> SqlRegistry<D> {
     }
 }
 
-
 /// What the admin API needs from the registry besides records and lifecycle facts by their KV
 /// names ([`KvStore`]): the audit log, the key list, idempotent responses and the replica's lag.
 /// Synchronous, so an admin request never waits inside the registry.
@@ -465,7 +478,7 @@ pub trait AdminStore: KvStore {
         now: Timestamp,
         before: Option<i64>,
         limit: usize,
-        keep: &mut dyn FnMut(Option<&str>, &str) -> Result<bool, StoreError>,
+        keep: &mut AuditKeep<'_>,
     ) -> Result<(Vec<String>, Option<i64>), StoreError>;
     /// The response stored under an idempotency key, if it is less than a day old.
     fn idempotent(&self, scope: &str, key: &str, now: Timestamp) -> Result<Option<Idempotent>, StoreError>;
@@ -495,9 +508,9 @@ impl<D: SqlDb> AdminStore for SqlRegistry<D> {
         let mut cursor = after.cloned();
         let mut scanned = 0;
         loop {
-            let (at, id) = cursor
-                .as_ref()
-                .map_or((MAX_SAFE_INTEGER, String::new()), |c| (c.created_at, c.id.clone()));
+            let (at, id) = cursor.as_ref().map_or((MAX_SAFE_INTEGER, String::new()), |c| {
+                (c.created_at, c.id.clone())
+            });
             let sql = format!(
                 "SELECT created_at, id, json FROM records WHERE (created_at < ?2 OR (created_at = ?2 AND id < ?3)) AND (?4 IS NULL OR environment = ?4) AND (?5 IS NULL OR grp = ?5) AND (?6 IS NULL OR {STATUS_SQL} = ?6) ORDER BY created_at DESC, id DESC LIMIT ?7"
             );
@@ -555,7 +568,7 @@ impl<D: SqlDb> AdminStore for SqlRegistry<D> {
         now: Timestamp,
         before: Option<i64>,
         limit: usize,
-        keep: &mut dyn FnMut(Option<&str>, &str) -> Result<bool, StoreError>,
+        keep: &mut AuditKeep<'_>,
     ) -> Result<(Vec<String>, Option<i64>), StoreError> {
         let mut out = Vec::new();
         let mut cursor = before;
@@ -666,7 +679,6 @@ impl<D: SqlDb> AdminStore for SqlRegistry<D> {
                 .map(Timestamp::from_millis),
         })
     }
-
 }
 
 fn to_i64(v: u64) -> i64 {

@@ -39,7 +39,9 @@ impl SqlDb for Sqlite {
                     ValueRef::Null => SqlValue::Null,
                     ValueRef::Integer(i) => SqlValue::Int(i),
                     ValueRef::Real(f) => SqlValue::Text(f.to_string()),
-                    ValueRef::Text(t) | ValueRef::Blob(t) => SqlValue::Text(String::from_utf8_lossy(t).into_owned()),
+                    ValueRef::Text(t) | ValueRef::Blob(t) => {
+                        SqlValue::Text(String::from_utf8_lossy(t).into_owned())
+                    }
                 });
             }
             out.push(values);

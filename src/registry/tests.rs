@@ -71,9 +71,7 @@ fn discard_keeps_only_the_audit_events() {
     r.discard();
     r.commit(at(5)).unwrap();
     assert!(get(&r, "0123456789abcdef").is_none());
-    let (events, cursor) = r
-        .list_audit(None, at(5), None, 10, &mut |_, _| Ok(true))
-        .unwrap();
+    let (events, cursor) = r.list_audit(None, at(5), None, 10, &mut |_, _| Ok(true)).unwrap();
     assert_eq!(events, vec!["{\"denied\":true}".to_owned()]);
     assert_eq!(cursor, None);
     assert_eq!(r.replica_lag().unwrap().pending, 0, "nothing to replicate");
@@ -88,7 +86,10 @@ fn narrowing_changes_enter_the_feed_with_their_version() {
     renamed.name = "renamed".into();
     put(&r, &renamed).unwrap();
     r.commit(at(10)).unwrap();
-    assert!(r.feed(at(10)).unwrap().entries.is_empty(), "a rename narrows nothing");
+    assert!(
+        r.feed(at(10)).unwrap().entries.is_empty(),
+        "a rename narrows nothing"
+    );
 
     let mut off = renamed.clone();
     off.version = 3;
@@ -99,7 +100,11 @@ fn narrowing_changes_enter_the_feed_with_their_version() {
     r.commit(at(30)).unwrap();
 
     let feed = r.feed(at(30)).unwrap();
-    let got: Vec<_> = feed.entries.iter().map(|e| (e.kind, e.version, e.at.millis())).collect();
+    let got: Vec<_> = feed
+        .entries
+        .iter()
+        .map(|e| (e.kind, e.version, e.at.millis()))
+        .collect();
     assert_eq!(got, vec![(Kind::Disabled, 3, 20), (Kind::Deleted, 4, 30)]);
     assert_eq!(feed.seq, 2);
 }
@@ -114,12 +119,19 @@ fn the_feed_keeps_entries_for_retention_and_while_their_replica_write_is_pending
     put(&r, &revoked).unwrap();
     r.commit(at(100)).unwrap();
     let later = at(100 + RETENTION_MS + 1);
-    assert_eq!(r.feed(later).unwrap().entries.len(), 1, "the replica has not landed");
+    assert_eq!(
+        r.feed(later).unwrap().entries.len(),
+        1,
+        "the replica has not landed"
+    );
     r.prune(later).unwrap();
     assert_eq!(r.feed(later).unwrap().entries.len(), 1);
     let kv = MemoryStore::new();
     assert_eq!(block_on(r.flush(&kv, 10)).unwrap(), 1);
-    assert!(r.feed(later).unwrap().entries.is_empty(), "past retention, replica landed");
+    assert!(
+        r.feed(later).unwrap().entries.is_empty(),
+        "past retention, replica landed"
+    );
     r.prune(later).unwrap();
     assert_eq!(r.feed(later).unwrap().seq, 0, "pruned");
 }
@@ -186,7 +198,11 @@ fn a_change_during_a_replica_write_is_written_after_it() {
         raced: Cell::new(false),
     };
     block_on(r.flush(&kv, 10)).unwrap();
-    assert_eq!(r.replica_lag().unwrap().pending, 1, "the newer change is still pending");
+    assert_eq!(
+        r.replica_lag().unwrap().pending,
+        1,
+        "the newer change is still pending"
+    );
     block_on(r.flush(&kv, 10)).unwrap();
     let stored: KeyRecord = serde_json::from_str(&kv.inner.snapshot()["key:0123456789abcdef"]).unwrap();
     assert_eq!((stored.version, stored.enabled), (2, false));
@@ -196,9 +212,14 @@ fn a_change_during_a_replica_write_is_written_after_it() {
 #[test]
 fn keys_list_newest_first_filtered_and_paged() {
     let r = registry();
-    for (i, id) in ["00000000000000a1", "00000000000000a2", "00000000000000a3", "00000000000000a4"]
-        .iter()
-        .enumerate()
+    for (i, id) in [
+        "00000000000000a1",
+        "00000000000000a2",
+        "00000000000000a3",
+        "00000000000000a4",
+    ]
+    .iter()
+    .enumerate()
     {
         let mut rec = sample(id);
         rec.created_at = at(i as i64 * 10);
@@ -212,7 +233,9 @@ fn keys_list_newest_first_filtered_and_paged() {
     let ids: Vec<_> = page.iter().map(|k| k.id.to_string()).collect();
     assert_eq!(ids, ["00000000000000a4", "00000000000000a3", "00000000000000a2"]);
     let cursor = KeyCursor::decode(&cursor.unwrap().encode()).unwrap();
-    let (rest, end) = r.list_keys(&all, at(100), Some(&cursor), 3, &mut |_| true).unwrap();
+    let (rest, end) = r
+        .list_keys(&all, at(100), Some(&cursor), 3, &mut |_| true)
+        .unwrap();
     assert_eq!(rest.len(), 1);
     assert_eq!(end, None);
 
@@ -226,7 +249,9 @@ fn keys_list_newest_first_filtered_and_paged() {
     assert_eq!(ids, ["00000000000000a2"], "a4 is odd but disabled");
     // A filter SQL cannot apply still fills the page when enough records match.
     let (page, _) = r
-        .list_keys(&all, at(100), None, 2, &mut |k| k.id.as_str() != "00000000000000a4")
+        .list_keys(&all, at(100), None, 2, &mut |k| {
+            k.id.as_str() != "00000000000000a4"
+        })
         .unwrap();
     assert_eq!(page.len(), 2);
 }
@@ -239,21 +264,33 @@ fn audit_lists_newest_first_by_key_and_forgets_expired_events() {
         r.append_audit(AuditRow {
             at: at(i as i64),
             key_id: key,
-            actor: if i == 1 { "unknown".into() } else { "admin_token".into() },
+            actor: if i == 1 {
+                "unknown".into()
+            } else {
+                "admin_token".into()
+            },
             expires_at: (i == 1).then(|| at(50)),
             json: format!("{i}"),
         });
     }
     r.commit(at(3)).unwrap();
-    let (all, _) = r.list_audit(None, at(10), None, 10, &mut |_, _| Ok(true)).unwrap();
+    let (all, _) = r
+        .list_audit(None, at(10), None, 10, &mut |_, _| Ok(true))
+        .unwrap();
     assert_eq!(all, ["2", "1", "0"]);
-    let (mine, _) = r.list_audit(Some(&id), at(10), None, 10, &mut |_, _| Ok(true)).unwrap();
+    let (mine, _) = r
+        .list_audit(Some(&id), at(10), None, 10, &mut |_, _| Ok(true))
+        .unwrap();
     assert_eq!(mine, ["2", "0"]);
     let (page, cursor) = r.list_audit(None, at(10), None, 1, &mut |_, _| Ok(true)).unwrap();
     assert_eq!(page, ["2"]);
-    let (next, _) = r.list_audit(None, at(10), cursor, 5, &mut |_, _| Ok(true)).unwrap();
+    let (next, _) = r
+        .list_audit(None, at(10), cursor, 5, &mut |_, _| Ok(true))
+        .unwrap();
     assert_eq!(next, ["1", "0"]);
-    let (late, _) = r.list_audit(None, at(60), None, 10, &mut |_, _| Ok(true)).unwrap();
+    let (late, _) = r
+        .list_audit(None, at(60), None, 10, &mut |_, _| Ok(true))
+        .unwrap();
     assert_eq!(late, ["2", "0"], "the unverified attempt expired");
 }
 
@@ -265,11 +302,21 @@ fn idempotent_responses_are_kept_for_a_day() {
         sealed: "s".into(),
     };
     r.remember("admin_token", "k1", stored.clone());
-    assert_eq!(r.idempotent("admin_token", "k1", at(0)).unwrap(), Some(stored.clone()));
+    assert_eq!(
+        r.idempotent("admin_token", "k1", at(0)).unwrap(),
+        Some(stored.clone())
+    );
     r.commit(at(0)).unwrap();
     assert_eq!(r.idempotent("admin_token", "k1", at(1)).unwrap(), Some(stored));
-    assert_eq!(r.idempotent("other", "k1", at(1)).unwrap(), None, "scoped by actor");
-    assert_eq!(r.idempotent("admin_token", "k1", at(IDEMPOTENCY_TTL_MS)).unwrap(), None);
+    assert_eq!(
+        r.idempotent("other", "k1", at(1)).unwrap(),
+        None,
+        "scoped by actor"
+    );
+    assert_eq!(
+        r.idempotent("admin_token", "k1", at(IDEMPOTENCY_TTL_MS)).unwrap(),
+        None
+    );
 }
 
 #[test]
@@ -295,7 +342,9 @@ fn import_takes_kv_records_with_their_facts_once() {
         kv.put("key:00000000000000b2", &serde_json::to_string(&gone).unwrap())
             .await
             .unwrap();
-        kv.put("life:00000000000000b2:deleted", r#"{"at":5}"#).await.unwrap();
+        kv.put("life:00000000000000b2:deleted", r#"{"at":5}"#)
+            .await
+            .unwrap();
         kv.put("key:00000000000000b3", "not json").await.unwrap();
     });
     let r = registry();

@@ -15,6 +15,7 @@ mod shipped_policy;
 
 use std::cell::RefCell;
 
+use futures::FutureExt;
 use futures::executor::block_on;
 use keygate::admin::{AdminContext, AdminRequest, Reply};
 use keygate::cache::RecordCache;
@@ -23,6 +24,8 @@ use keygate::ip::ClientIp;
 use keygate::key::KeyHasher;
 use keygate::policy::Policy;
 use keygate::problem::Problem;
+use keygate::registry::sqlite::Sqlite;
+use keygate::registry::{AdminStore, SqlRegistry};
 use keygate::store::{KvStore, ListPage, MemoryStore, Records, StoreError};
 use keygate::time::Timestamp;
 use serde_json::{Value, json};
@@ -43,11 +46,17 @@ pub fn policy() -> Policy {
     .unwrap()
 }
 
-/// A gateway with its store and cache, at a controllable time.
+/// A gateway with its KV store (the registry's replica) and cache, the registry the admin API
+/// runs in, at a controllable time. As in the worker, every admin call is one unit of work in
+/// the registry (committed, or dropped on an error), then flushed to the replica.
 pub struct World<S = MemoryStore> {
     pub gateway: Gateway,
     pub store: S,
     pub cache: RefCell<RecordCache>,
+    pub registry: SqlRegistry<Sqlite>,
+    /// The registry's own record cache (the gateway's cache learns of changes from KV and the
+    /// revocation feed, as in the worker).
+    pub admin_cache: RefCell<RecordCache>,
     pub now: Timestamp,
 }
 
@@ -56,23 +65,31 @@ impl World<MemoryStore> {
         World::with_store(MemoryStore::new())
     }
 
-    /// Everything in KV but the audit log: what a refused request must leave untouched.
+    /// Every record in the replica and the registry (records and lifecycle facts), but not the
+    /// audit log: what a refused request must leave untouched.
     pub fn keys_state(&self) -> std::collections::BTreeMap<String, String> {
-        self.store
-            .snapshot()
-            .into_iter()
-            .filter(|(k, _)| !k.starts_with("audit:") && !k.starts_with("audit-key:"))
-            .collect()
+        let mut state = self.store.snapshot();
+        for table in ["records", "facts"] {
+            let rows = keygate::registry::SqlDb::exec(
+                self.registry.db(),
+                &format!("SELECT * FROM {table} ORDER BY 1"),
+                &[],
+            )
+            .unwrap();
+            state.insert(format!("registry:{table}"), format!("{rows:?}"));
+        }
+        state
     }
+}
 
-    /// The audit events in KV (global log), newest first.
+impl<S> World<S> {
+    /// The audit events in the registry, newest first.
     pub fn audit_events(&self) -> Vec<Value> {
-        self.store
-            .snapshot()
-            .into_iter()
-            .filter(|(k, _)| k.starts_with("audit:"))
-            .map(|(_, v)| serde_json::from_str(&v).unwrap())
-            .collect()
+        let (events, _) = self
+            .registry
+            .list_audit(None, self.now, None, 10_000, &mut |_, _| Ok(true))
+            .unwrap();
+        events.iter().map(|e| serde_json::from_str(e).unwrap()).collect()
     }
 }
 
@@ -91,6 +108,8 @@ impl<S: KvStore> World<S> {
             },
             store,
             cache: RefCell::new(RecordCache::new(100, 100, 10, 5)),
+            registry: SqlRegistry::open(Sqlite::memory().unwrap()).unwrap(),
+            admin_cache: RefCell::new(RecordCache::new(1, 0, 0, 0)),
             now: Timestamp::from_millis(T0),
         }
     }
@@ -116,7 +135,18 @@ impl<S: KvStore> World<S> {
             host: "gw.example",
             has_body: false,
         };
-        block_on(self.gateway.decide(&facts, &self.records(), self.now))
+        let feed = self.feed();
+        block_on(
+            self.gateway
+                .decide_with_feed(&facts, &self.records(), &feed, self.now),
+        )
+    }
+
+    /// The revocation feed as an isolate would hold it right now.
+    pub fn feed(&self) -> keygate::revocation::Feed {
+        let mut feed = keygate::revocation::Feed::default();
+        feed.apply(self.registry.feed(self.now).unwrap());
+        feed
     }
 
     pub fn admin_raw(
@@ -142,8 +172,20 @@ impl<S: KvStore> World<S> {
             body: body.unwrap_or_default().as_bytes(),
             client_ip: None,
         };
-        let ctx = AdminContext::new(&self.gateway, self.records(), Some(TOKEN), self.now);
-        block_on(ctx.handle(&req))
+        let records = Records {
+            store: &self.registry,
+            cache: &self.admin_cache,
+        };
+        let ctx = AdminContext::new(&self.gateway, records, Some(TOKEN), self.now);
+        // The registry never waits: one poll completes the request, as in the Durable Object.
+        let result = ctx.handle(&req).now_or_never().expect("an admin request waited");
+        if result.is_err() {
+            self.registry.discard();
+        }
+        self.registry.commit(self.now).unwrap();
+        // The replica; a store that is down keeps the writes pending, as KV would.
+        let _ = block_on(self.registry.flush(&self.store, 10_000));
+        result
     }
 
     pub fn admin(&self, method: &str, path: &str, body: Option<Value>) -> Result<Reply, Problem> {
