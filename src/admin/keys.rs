@@ -134,7 +134,6 @@ impl<S: AdminStore> AdminContext<'_, S> {
         req: &AdminRequest<'_, H>,
     ) -> AdminResult {
         let current = self.existing(actor, raw_id).await?;
-        if_match(req, &current)?;
         let body: PatchBody = parse_body(req, false)?;
         if current.revoked_at.is_some() {
             return Err(key_revoked("A revoked key cannot be changed."));
@@ -185,6 +184,9 @@ impl<S: AdminStore> AdminContext<'_, S> {
         check_header_size(&next)?;
         actor.may_manage(&next)?;
         no_key_inside(&next, &self.gateway.policy.key_prefix, self.now)?;
+        // The precondition once the request is known to be valid (a malformed request is 4xx
+        // whatever the version).
+        if_match(req, &current)?;
 
         let changed = changed_fields(&current, &next);
         if changed.is_empty() {
@@ -220,9 +222,9 @@ impl<S: AdminStore> AdminContext<'_, S> {
         req: &AdminRequest<'_, H>,
     ) -> AdminResult {
         let current = self.existing(actor, raw_id).await?;
-        if_match(req, &current)?;
         let body: RevokeBody = parse_body(req, true)?;
         let reason = body.reason.map(|r| valid_text("reason", r, 512)).transpose()?;
+        if_match(req, &current)?;
         if current.revoked_at.is_some() {
             // Irreversible and idempotent: the first revocation stands.
             return ok(200, current.view(self.now)).map(|r| r.tagged(current.version));
@@ -262,7 +264,6 @@ impl<S: AdminStore> AdminContext<'_, S> {
         req: &AdminRequest<'_, H>,
     ) -> AdminResult {
         let old = self.existing(actor, raw_id).await?;
-        if_match(req, &old)?;
         let body: RotateBody = parse_body(req, true)?;
         let grace = match &body.grace {
             None => 0,
@@ -273,6 +274,7 @@ impl<S: AdminStore> AdminContext<'_, S> {
                 )
             })?,
         };
+        if_match(req, &old)?;
         match old.status(self.now) {
             Status::Revoked => return Err(key_revoked("A revoked key cannot be rotated.")),
             Status::Disabled => return Err(key_disabled()),

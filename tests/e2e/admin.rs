@@ -338,23 +338,38 @@ fn get_and_patch(c: &Ctx) {
     assert_eq!(c.admin("GET", &path, None).json()["name"], "After Name");
 }
 
+/// An RFC 3339 UTC time (`…:SS[.fff]Z`, fraction of 0 to 3 digits) as a string that sorts in
+/// time order.
+fn sortable_time(t: &str) -> String {
+    let t = t.trim_end_matches('Z');
+    let (whole, frac) = t.split_once('.').unwrap_or((t, ""));
+    format!("{whole}.{frac:0<3}")
+}
+
 fn list_filters_and_pages(c: &Ctx) {
     let g = group();
     let mut made = Vec::new();
+    let mut created = Vec::new();
     for i in 0..4 {
         let env = if i % 2 == 0 { "live" } else { "test" };
         let (_, rec) =
             c.create(json!({"name": format!("k{i}"), "group": g, "environment": env, "scopes": ["a"]}));
         made.push(rec["id"].as_str().unwrap().to_owned());
+        created.push((
+            sortable_time(rec["created_at"].as_str().unwrap()),
+            rec["id"].as_str().unwrap().to_owned(),
+        ));
     }
     c.admin(
         "PATCH",
         &format!("/admin/keys/{}", made[0]),
         Some(json!({"enabled": false})),
     );
-    let mut sorted = made.clone();
-    sorted.sort();
-    assert_eq!(ids_in_group(c, &g), sorted, "stable order, each key once");
+    // Newest first: by creation time, then by id (both descending).
+    created.sort();
+    created.reverse();
+    let sorted: Vec<String> = created.into_iter().map(|(_, id)| id).collect();
+    assert_eq!(ids_in_group(c, &g), sorted, "newest first, each key once");
     let test_ids: Vec<Value> = c
         .admin(
             "GET",

@@ -6,6 +6,13 @@ use crate::World;
 fn token_may_purge_a_corrupt_record() {
     let w = World::new();
     let id = "00000000deadbeef";
+    // A corrupt record in the registry (and its copy in the replica).
+    keygate::registry::SqlDb::exec(
+        w.registry.db(),
+        "INSERT INTO records (id, version, created_at, environment, enabled, json) VALUES (?1, 1, 0, 'live', 1, 'garbage')",
+        &[id.into()],
+    )
+    .unwrap();
     futures::executor::block_on(keygate::store::KvStore::put(
         &w.store,
         &format!("key:{id}"),
@@ -26,7 +33,15 @@ fn token_may_purge_a_corrupt_record() {
             .status,
         204
     );
+    let rows = keygate::registry::SqlDb::exec(w.registry.db(), "SELECT id FROM records", &[]).unwrap();
+    assert!(rows.is_empty(), "{rows:?}");
     assert!(!w.store.snapshot().contains_key(&format!("key:{id}")));
+    assert_eq!(
+        w.admin("GET", &format!("/admin/keys/{id}"), None)
+            .unwrap_err()
+            .code,
+        "key_not_found"
+    );
 }
 
 #[test]
@@ -113,51 +128,44 @@ fn no_field_may_hold_a_key() {
     assert_eq!(w.keys_state(), before);
 }
 
-/// A store that records which keys were written to expire, and after how long.
-#[derive(Default)]
-struct TtlRecorder {
-    inner: keygate::store::MemoryStore,
-    expiring: std::cell::RefCell<Vec<(String, u64)>>,
-}
-
-impl keygate::store::KvStore for TtlRecorder {
-    async fn get(&self, k: &str) -> Result<Option<String>, keygate::store::StoreError> {
-        self.inner.get(k).await
-    }
-    async fn put(&self, k: &str, v: &str) -> Result<(), keygate::store::StoreError> {
-        self.inner.put(k, v).await
-    }
-    async fn put_expiring(&self, k: &str, v: &str, ttl: u64) -> Result<(), keygate::store::StoreError> {
-        self.expiring.borrow_mut().push((k.to_owned(), ttl));
-        self.inner.put(k, v).await
-    }
-    async fn delete(&self, k: &str) -> Result<(), keygate::store::StoreError> {
-        self.inner.delete(k).await
-    }
-    async fn list(
-        &self,
-        p: &str,
-        c: Option<&str>,
-        l: u32,
-    ) -> Result<keygate::store::ListPage, keygate::store::StoreError> {
-        self.inner.list(p, c, l).await
-    }
-}
-
 #[test]
 fn unverified_attempts_expire_from_the_audit_log_and_real_changes_do_not() {
-    let w = World::with_store(TtlRecorder::default());
-    w.issue(json!({"name": "k", "scopes": ["license:read"]}));
-    assert!(
-        w.store.expiring.borrow().is_empty(),
-        "a real change was written to expire"
-    );
+    let mut w = World::new();
+    let (_, rec) = w.issue(json!({"name": "k", "scopes": ["license:read"]}));
+    let id = rec["id"].as_str().unwrap().to_owned();
     let p = w
         .admin_raw("GET", "/admin/keys", "not-the-token", None)
         .unwrap_err();
     assert_eq!(p.code, "invalid_admin_credential");
-    let expiring = w.store.expiring.borrow().clone();
-    assert_eq!(expiring.len(), 1, "{expiring:?}");
-    assert!(expiring[0].0.starts_with("audit:"));
-    assert_eq!(expiring[0].1, 30 * 24 * 3600);
+    let actions = |w: &World| -> Vec<(String, String)> {
+        w.audit_events()
+            .iter()
+            .map(|e| (e["action"].as_str().unwrap().to_owned(), e["actor"].to_string()))
+            .collect()
+    };
+    assert_eq!(
+        actions(&w),
+        [
+            ("admin.denied".to_owned(), "\"unknown\"".to_owned()),
+            ("key.create".to_owned(), "\"admin_token\"".to_owned()),
+        ]
+    );
+    // Still there just before 30 days.
+    w.now = w.now.plus_seconds(30 * 24 * 3600 - 1);
+    assert_eq!(actions(&w).len(), 2);
+    // Gone after 30 days (and pruned for good); the real change stays.
+    w.now = w.now.plus_seconds(24 * 3600 + 1);
+    assert_eq!(
+        actions(&w),
+        [("key.create".to_owned(), "\"admin_token\"".to_owned())]
+    );
+    w.registry.prune(w.now).unwrap();
+    let rows = keygate::registry::SqlDb::exec(w.registry.db(), "SELECT actor FROM audit", &[]).unwrap();
+    assert_eq!(rows.len(), 1, "{rows:?}");
+    let events = w
+        .admin("GET", &format!("/admin/audit?key_id={id}"), None)
+        .unwrap()
+        .body
+        .unwrap();
+    assert_eq!(events["events"].as_array().unwrap().len(), 1);
 }

@@ -75,7 +75,8 @@ fn cache_entries_expire_so_other_isolates_changes_arrive() {
         w.decide("GET", "/licenses/1", &[("x-api-key", &key)], None),
         Decision::Forward(_)
     ));
-    // Another isolate revokes it: only the store changes.
+    // A change that reaches only the replica (no feed entry): the cache holds the old record
+    // until its entry expires.
     let id = rec["id"].as_str().unwrap();
     let raw = futures::executor::block_on(w.store.get(&format!("key:{id}")))
         .unwrap()
@@ -111,11 +112,26 @@ fn store_outage_fails_closed_with_503() {
         w.decide("GET", "/public/x", &[], None),
         Decision::Forward(_)
     ));
-    // The admin API refuses rather than pretending.
-    let err = w
-        .admin("POST", "/admin/keys", Some(json!({"name": "k", "scopes": ["a"]})))
-        .unwrap_err();
-    assert_eq!(err.status, 503);
+    // The admin API runs in the registry, not on KV: it keeps working, and its writes wait in
+    // the outbox for the replica to come back.
+    let (issued, rec) = w.issue(json!({"name": "k", "scopes": ["license:read"]}));
+    let id = rec["id"].as_str().unwrap().to_owned();
+    let status = w.admin("GET", "/admin/registry", None).unwrap().body.unwrap();
+    assert_eq!(status["replica"]["pending"], 1, "{status}");
+    // The gateway reads KV: still closed.
+    assert_eq!(
+        denial(w.decide("GET", "/licenses/1", &[("x-api-key", &issued)], None)),
+        Denial::StoreUnavailable
+    );
+    // When KV answers again, the pending write lands.
+    let kv = MemoryStore::new();
+    assert_eq!(
+        futures::executor::block_on(w.registry.flush(&kv, 100)).unwrap(),
+        1
+    );
+    assert!(kv.snapshot().contains_key(&format!("key:{id}")));
+    let status = w.admin("GET", "/admin/registry", None).unwrap().body.unwrap();
+    assert_eq!(status["replica"]["pending"], 0, "{status}");
 }
 
 #[test]

@@ -12,6 +12,7 @@ mod admin;
 mod admin_safety;
 mod decision;
 mod shipped_policy;
+mod versions;
 
 use std::cell::RefCell;
 
@@ -156,27 +157,60 @@ impl<S: KvStore> World<S> {
         auth: &str,
         body: Option<&str>,
     ) -> Result<Reply, Problem> {
-        let mut headers = vec![("authorization".to_owned(), format!("Bearer {auth}"))];
-        if body.is_some() {
+        self.call(&Call {
+            method,
+            path: path.to_owned(),
+            auth: auth.to_owned(),
+            body: body.map(str::to_owned),
+            headers: Vec::new(),
+            ip: None,
+            admin_token: TOKEN,
+        })
+    }
+
+    /// One admin request with the token and extra request headers (`If-Match`,
+    /// `Idempotency-Key`).
+    pub fn admin_with_headers(
+        &self,
+        method: &str,
+        path: &str,
+        body: Option<Value>,
+        headers: &[(&str, &str)],
+    ) -> Result<Reply, Problem> {
+        self.call(&Call {
+            headers: headers
+                .iter()
+                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+                .collect(),
+            ..Call::token(method, path, body)
+        })
+    }
+
+    /// One admin request, run as the registry runs it: one unit of work, committed (or dropped
+    /// but for its audit event, on an error), then flushed to the replica.
+    pub fn call(&self, call: &Call<'_>) -> Result<Reply, Problem> {
+        let mut headers = vec![("authorization".to_owned(), format!("Bearer {}", call.auth))];
+        if call.body.is_some() {
             headers.push(("content-type".to_owned(), "application/json".to_owned()));
         }
-        let (path, query) = match path.split_once('?') {
+        headers.extend(call.headers.iter().cloned());
+        let (path, query) = match call.path.split_once('?') {
             Some((p, q)) => (p, Some(q)),
-            None => (path, None),
+            None => (call.path.as_str(), None),
         };
         let req = AdminRequest {
-            method,
+            method: call.method,
             path,
             query,
             headers: &headers,
-            body: body.unwrap_or_default().as_bytes(),
-            client_ip: None,
+            body: call.body.as_deref().unwrap_or_default().as_bytes(),
+            client_ip: call.ip.and_then(ClientIp::parse),
         };
         let records = Records {
             store: &self.registry,
             cache: &self.admin_cache,
         };
-        let ctx = AdminContext::new(&self.gateway, records, Some(TOKEN), self.now);
+        let ctx = AdminContext::new(&self.gateway, records, Some(call.admin_token), self.now);
         // The registry never waits: one poll completes the request, as in the Durable Object.
         let result = ctx.handle(&req).now_or_never().expect("an admin request waited");
         if result.is_err() {
@@ -198,6 +232,36 @@ impl<S: KvStore> World<S> {
         assert_eq!(reply.status, 201);
         let v = reply.body.unwrap();
         (v["key"].as_str().unwrap().to_owned(), v["record"].clone())
+    }
+}
+
+/// An admin request as a client sends it.
+#[derive(Clone)]
+pub struct Call<'a> {
+    pub method: &'a str,
+    pub path: String,
+    /// The bearer credential: the admin token or an admin key.
+    pub auth: String,
+    pub body: Option<String>,
+    /// Extra request headers.
+    pub headers: Vec<(String, String)>,
+    pub ip: Option<&'a str>,
+    /// The deployment's `ADMIN_TOKEN`.
+    pub admin_token: &'a str,
+}
+
+impl<'a> Call<'a> {
+    /// A request with the admin token.
+    pub fn token(method: &'a str, path: impl Into<String>, body: Option<Value>) -> Self {
+        Call {
+            method,
+            path: path.into(),
+            auth: TOKEN.to_owned(),
+            body: body.map(|b| b.to_string()),
+            headers: Vec::new(),
+            ip: None,
+            admin_token: TOKEN,
+        }
     }
 }
 
