@@ -5,8 +5,8 @@ use std::process::Command;
 
 use serde_json::{Value, json};
 
-use crate::Ctx;
 use crate::harness::{root, send, send_raw};
+use crate::{Ctx, group};
 
 type Test = (&'static str, fn(&Ctx));
 
@@ -28,12 +28,6 @@ pub const TESTS: &[Test] = &[
     ("admin::openapi_document", openapi_document),
     ("admin::schemathesis_against_live_worker", schemathesis),
 ];
-
-fn group() -> String {
-    let mut b = [0u8; 6];
-    getrandom::fill(&mut b).unwrap();
-    format!("g-{}", hex::encode(b))
-}
 
 fn ids_in_group(c: &Ctx, g: &str) -> Vec<String> {
     let mut ids = Vec::new();

@@ -5,7 +5,7 @@
 use serde_json::{Value, json};
 
 use crate::harness::send;
-use crate::{Ctx, forge_key};
+use crate::{Ctx, forge_key, group};
 
 type Test = (&'static str, fn(&Ctx));
 
@@ -44,12 +44,6 @@ pub const TESTS: &[Test] = &[
 ];
 
 const INSIDE: Option<&str> = Some("10.1.2.3");
-
-fn group() -> String {
-    let mut b = [0u8; 6];
-    getrandom::fill(&mut b).unwrap();
-    format!("g-{}", hex::encode(b))
-}
 
 /// A delegated admin key fenced on every axis: 10.0.0.0/8, one hour, tenant `acme`.
 fn fenced_admin(c: &Ctx) -> (String, String) {

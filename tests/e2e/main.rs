@@ -17,6 +17,7 @@ mod gateway;
 mod harness;
 mod isolates;
 mod operations;
+mod registry;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -44,6 +45,52 @@ pub struct Ctx {
     pub origin: Origin,
     /// A well-formed key id whose KV record is corrupt (seeded before start).
     pub corrupt_id: String,
+}
+
+/// A fresh group name, so a test lists only its own keys.
+pub fn group() -> String {
+    let mut b = [0u8; 6];
+    getrandom::fill(&mut b).unwrap();
+    format!("g-{}", hex::encode(b))
+}
+
+/// A key the KV-only version issued before the registry existed: seeded into the main worker's
+/// KV before it starts (with a record as that version wrote it), imported on first use.
+pub fn legacy_key() -> (String, String) {
+    let id = "0000000000001e9a".to_owned();
+    (forge_key("live", &id), id)
+}
+
+/// A KV-era key whose record was deleted (its `life:{id}:deleted` marker stayed).
+pub const LEGACY_DELETED_ID: &str = "0000000000001e9d";
+
+/// What the KV-only version left in KV: a record (no `version` yet) and a deleted key's record
+/// with its marker.
+fn legacy_seed() -> Vec<(String, String)> {
+    let prefix = keygate::key::KeyPrefix::default();
+    let (key, id) = legacy_key();
+    let parsed = keygate::key::ApiKey::parse(&key, &prefix).expect("a well-formed legacy key");
+    let (_, hash) = keygate::key::KeyHasher::new(None).hash(&parsed);
+    let record = |id: &str, hash: &str| {
+        json!({
+            "id": id, "name": "from kv", "tag": "from-kv", "environment": "live",
+            "scopes": ["license:read"], "created_at": "2026-01-01T00:00:00Z",
+            "updated_at": "2026-01-01T00:00:00Z", "enabled": true,
+            "hash_version": "sha256", "hash": hash,
+        })
+        .to_string()
+    };
+    vec![
+        (format!("key:{id}"), record(&id, &hash)),
+        (
+            format!("key:{LEGACY_DELETED_ID}"),
+            record(LEGACY_DELETED_ID, &"0".repeat(64)),
+        ),
+        (
+            format!("life:{LEGACY_DELETED_ID}:deleted"),
+            json!({"at": "2026-01-02T00:00:00Z"}).to_string(),
+        ),
+    ]
 }
 
 /// A key string with a valid shape and checksum, for ids the worker never issued.
@@ -128,6 +175,7 @@ fn shared_tests() -> impl Iterator<Item = &'static (&'static str, fn(&Ctx))> {
         .chain(admin_safety::TESTS)
         .chain(attacks::TESTS)
         .chain(operations::TESTS)
+        .chain(registry::TESTS)
 }
 
 fn main() {
@@ -143,7 +191,8 @@ fn main() {
     let origin_port = origin.port;
     let origin_var = OriginVar::Port(origin_port);
     let bounce_port = free_port();
-    let seed = vec![(format!("key:{corrupt_id}"), "{not json".to_owned())];
+    let mut seed = vec![(format!("key:{corrupt_id}"), "{not json".to_owned())];
+    seed.extend(legacy_seed());
     let route_mode_policy = shipped_policy_with(
         json!({"route_mode": {"hostnames": ["127.0.0.1:{PORT}", format!("localhost:{bounce_port}")]}}),
     );
