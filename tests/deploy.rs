@@ -1,5 +1,5 @@
 //! Deployability, checked with the real wrangler: `wrangler deploy --dry-run` for each shipped
-//! environment (every binding present, the policy file bundled, the placeholder KV id refused
+//! environment (every binding present, the registry Durable Object included, the policy file bundled, the placeholder KV id refused
 //! for production), a policy that fails validation failing the build, and a 500-route policy
 //! that deploys and is served by a real worker.
 // Tests may unwrap and index: a failure here is a failed test.
@@ -102,6 +102,10 @@ fn config_with_real_ids(extra: &str) -> (String, Scratch) {
 fn assert_bindings(out: &str, origin: &str) {
     assert!(out.contains("env.KEYS ("), "no KEYS binding:\n{out}");
     assert!(out.contains("KV Namespace"), "{out}");
+    assert!(
+        out.contains("env.REGISTRY (Registry)") && out.contains("Durable Object"),
+        "no REGISTRY Durable Object binding:\n{out}"
+    );
     assert!(
         out.contains(&format!("env.ORIGIN (\"{origin}\")")),
         "ORIGIN:\n{out}"
