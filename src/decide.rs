@@ -264,24 +264,6 @@ impl Gateway {
         decision
     }
 
-    /// [`Gateway::decide`] with the isolate's copy of the revocation feed.
-    pub async fn decide_with_feed<S: KvStore, H: HeaderSource + ?Sized>(
-        &self,
-        req: &RequestFacts<'_, H>,
-        records: &Records<'_, S>,
-        feed: &crate::revocation::Feed,
-        now: Timestamp,
-    ) -> Decision {
-        match self.start(req) {
-            Step::Done(decision, _) => decision,
-            Step::NeedRecord(pending) => {
-                let record = records.get(pending.key_id(), now).await;
-                let known = Known::new(record).with_feed(feed, pending.key_id());
-                self.finish(pending, known, now).0
-            }
-        }
-    }
-
     /// The first step, with no I/O: every check that needs no key record (hop header, route
     /// mode host, canonical path, body, CORS preflight, route match, route IP allowlist,
     /// credential extraction and parse). Either a decision, or the record it needs.
@@ -539,6 +521,8 @@ impl Gateway {
             Some(Kind::Disabled) => Status::Disabled,
             Some(Kind::Expires) => Status::Expired,
             Some(Kind::Deleted) => return Err(Denial::InvalidKey),
+            // Its grants changed and the current record could not be had: fail closed.
+            Some(Kind::Changed) => return Err(Denial::StoreUnavailable),
             None => record.status(now),
         };
         match status {

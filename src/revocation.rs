@@ -1,12 +1,16 @@
-//! The revocation feed: what the registry publishes about every change that narrows a key
-//! (revoke, disable, delete, rotation retirement, a shorter expiry), and the rule an isolate
-//! applies with it. Plain data and pure functions; the edge fetches the feed, the registry
-//! writes it, `decide` applies it.
+//! The revocation feed: what the registry publishes about every change that can narrow a key
+//! (revoke, disable, delete, rotation retirement, a shorter expiry, and any change to its
+//! grants: scopes, IP allowlist, tenants, environment), and the rule an isolate applies with
+//! it. Plain data and pure functions; the edge fetches the feed, the registry writes it,
+//! `decide` applies it.
 //!
-//! An entry says "records of this key older than `version` are stale from `at` on: deny them
-//! with `kind`". A record at `version` or later already holds the change (or a later one, such
-//! as re-enabling the key), so the record itself decides. Entries therefore deny at once, cached
-//! record or not, without ever overriding a newer record.
+//! An entry says "records of this key older than `version` are stale from `at` on". A record at
+//! `version` or later already holds the change (or a later one, such as re-enabling the key),
+//! so the record itself decides; entries never override a newer record. A stale record is
+//! denied at once with the entry's `kind`, cached or not, except after a change of grants
+//! ([`Kind::Changed`]): the edge then fetches the current record from the registry
+//! ([`Feed::refresh_needed`]), and a stale record that could not be refreshed is denied (fail
+//! closed).
 
 use std::collections::HashMap;
 
@@ -31,6 +35,9 @@ pub enum Kind {
     Deleted,
     /// The key expires at `at` (a shorter expiry, or a rotation's grace end).
     Expires,
+    /// Its scopes, IP allowlist, tenants or environment changed: an older record may grant
+    /// more than the key now has.
+    Changed,
 }
 
 impl Kind {
@@ -40,6 +47,7 @@ impl Kind {
             Kind::Disabled => "disabled",
             Kind::Deleted => "deleted",
             Kind::Expires => "expires",
+            Kind::Changed => "changed",
         }
     }
 
@@ -49,6 +57,7 @@ impl Kind {
             "disabled" => Some(Kind::Disabled),
             "deleted" => Some(Kind::Deleted),
             "expires" => Some(Kind::Expires),
+            "changed" => Some(Kind::Changed),
             _ => None,
         }
     }
@@ -82,7 +91,8 @@ pub struct FeedPage {
 }
 
 /// The change between two states of a key that the feed must publish, if any: the most
-/// permanent one wins (revoked, then deleted, then disabled, then a shorter expiry).
+/// permanent one wins (revoked, then deleted, then disabled, then a shorter expiry, then a
+/// change of grants).
 pub fn narrowing(
     before: Option<&KeyRecord>,
     after: Option<&KeyRecord>,
@@ -99,10 +109,15 @@ pub fn narrowing(
         return Some((Kind::Disabled, now));
     }
     match (before.expires_at, after.expires_at) {
-        (None, Some(a)) => Some((Kind::Expires, a)),
-        (Some(b), Some(a)) if a < b => Some((Kind::Expires, a)),
-        _ => None,
+        (None, Some(a)) => return Some((Kind::Expires, a)),
+        (Some(b), Some(a)) if a < b => return Some((Kind::Expires, a)),
+        _ => {}
     }
+    let grants_changed = before.scopes != after.scopes
+        || before.ip_allowlist != after.ip_allowlist
+        || before.tenants != after.tenants
+        || before.environment != after.environment;
+    grants_changed.then_some((Kind::Changed, now))
 }
 
 /// An isolate's copy of the feed: the newest entry per key.
@@ -152,6 +167,13 @@ impl Feed {
     /// The entry that makes `record` stale at `now`, if any.
     pub fn denies(&self, record: &KeyRecord, now: Timestamp) -> Option<Kind> {
         self.by_key.get(&record.id)?.stale(record, now)
+    }
+
+    /// The version to fetch from the registry when `record` predates a change of its grants
+    /// (the edge asks the registry for the record itself rather than wait for KV).
+    pub fn refresh_needed(&self, record: &KeyRecord, now: Timestamp) -> Option<u64> {
+        let e = self.by_key.get(&record.id)?;
+        (e.stale(record, now) == Some(Kind::Changed)).then_some(e.version)
     }
 }
 
@@ -212,6 +234,18 @@ mod tests {
         let mut renamed = before.clone();
         renamed.name = "other".into();
         assert_eq!(narrowing(Some(&before), Some(&renamed), now), None);
+        let mut narrowed = before.clone();
+        narrowed.scopes.clear();
+        assert_eq!(
+            narrowing(Some(&before), Some(&narrowed), now),
+            Some((Kind::Changed, now))
+        );
+        let mut fenced = before.clone();
+        fenced.ip_allowlist = crate::ip::IpAllowlist::parse(&["10.0.0.0/8".to_owned()]).unwrap();
+        assert_eq!(
+            narrowing(Some(&before), Some(&fenced), now),
+            Some((Kind::Changed, now))
+        );
         // Enabling again widens: nothing to publish.
         let mut off = before.clone();
         off.enabled = false;
@@ -243,6 +277,31 @@ mod tests {
         assert_eq!(feed.denies(&other, at(8_999)), None);
         assert_eq!(feed.denies(&other, at(9_000)), Some(Kind::Expires));
         assert_eq!(feed.denies(&sample("00000000000000bb"), at(9_000)), None);
+    }
+
+    #[test]
+    fn a_change_of_grants_asks_for_the_current_record() {
+        let mut feed = Feed::default();
+        feed.apply(FeedPage {
+            seq: 1,
+            entries: vec![entry("0123456789abcdef", 4, 1_000, Kind::Changed, 1)],
+        });
+        let mut r = sample("0123456789abcdef");
+        r.version = 3;
+        assert_eq!(feed.refresh_needed(&r, at(999)), None);
+        assert_eq!(feed.refresh_needed(&r, at(1_000)), Some(4));
+        r.version = 4;
+        assert_eq!(feed.refresh_needed(&r, at(1_000)), None, "already current");
+        let mut revoked = Feed::default();
+        revoked.apply(FeedPage {
+            seq: 1,
+            entries: vec![entry("0123456789abcdef", 5, 0, Kind::Revoked, 1)],
+        });
+        assert_eq!(
+            revoked.refresh_needed(&r, at(1)),
+            None,
+            "a revocation just denies"
+        );
     }
 
     #[test]

@@ -4,7 +4,8 @@
 //!
 //! The gateway worker reaches it through the `REGISTRY` binding only, at two internal paths:
 //! `POST /admin` (an admin request, reduced to an [`Envelope`] after the admin fence and the
-//! body bound) and `GET /feed`.
+//! body bound), `GET /feed`, and `GET /record/{id}` (a key's current record, for an isolate
+//! whose copy predates a change of its grants).
 
 use std::cell::{Cell, RefCell};
 use std::rc::Rc;
@@ -33,6 +34,7 @@ pub(super) const BINDING: &str = "REGISTRY";
 pub(super) const NAME: &str = "registry";
 pub(super) const ADMIN_URL: &str = "https://registry.keygate.internal/admin";
 pub(super) const FEED_URL: &str = "https://registry.keygate.internal/feed";
+pub(super) const RECORD_URL: &str = "https://registry.keygate.internal/record/";
 /// Replica writes one flush makes at most (a Durable Object invocation may make 1,000
 /// subrequests; the rest wait for the next flush, which the alarm schedules).
 const FLUSH_BATCH: usize = 100;
@@ -152,6 +154,15 @@ impl DurableObject for Registry {
                 headers.set("Content-Type", "application/json")?;
                 headers.set("Cache-Control", "max-age=1")?;
                 Response::from_json(&page)?.with_headers(headers)
+            }
+            (Method::Get, p) if p.starts_with("/record/") => {
+                let id = p.strip_prefix("/record/").and_then(crate::key::KeyId::parse);
+                match id.map(|id| registry.record_json(&id)) {
+                    Some(Ok(Some(json))) => Response::ok(json)?,
+                    Some(Ok(None)) => Response::error("no such key", 404)?,
+                    Some(Err(e)) => Response::error(e.0, 503)?,
+                    None => Response::error("not a key id", 400)?,
+                }
             }
             (Method::Post, "/admin") => {
                 let envelope: Envelope = req.json().await?;
@@ -429,6 +440,12 @@ pub(super) async fn forward_admin(env: &Env, envelope: &Envelope) -> worker::Res
         .with_body(Some(serde_json::to_string(envelope)?.into()));
     stub.fetch_with_request(Request::new_with_init(ADMIN_URL, &init)?)
         .await
+}
+
+/// The gateway side: a key's current record, straight from the registry.
+pub(super) async fn fetch_record(env: &Env, id: &crate::key::KeyId) -> worker::Result<Response> {
+    let stub = env.durable_object(BINDING)?.id_from_name(NAME)?.get_stub()?;
+    stub.fetch_with_str(&format!("{RECORD_URL}{id}")).await
 }
 
 /// The gateway side: the registry's revocation feed, fresh.

@@ -96,3 +96,62 @@ async fn fetch(env: &Env) -> Result<FeedPage, String> {
     }
     response.json::<FeedPage>().await.map_err(|e| e.to_string())
 }
+
+/// A key's current record from the registry, for a record the feed says predates a change of
+/// its grants. Through the Cache API, keyed by the version wanted, so a location asks the
+/// registry once per change. Cached in this isolate too. Any failure is a store error: the
+/// decision then fails closed.
+pub(super) async fn current_record(
+    env: &Env,
+    cache: &RefCell<crate::cache::RecordCache>,
+    id: &crate::key::KeyId,
+    version: u64,
+    now: Timestamp,
+) -> Result<Option<std::rc::Rc<crate::record::KeyRecord>>, crate::store::LookupError> {
+    use crate::store::{LookupError, StoreError};
+    let store_error = |e: String| LookupError::Store(StoreError(e));
+    let key = format!("{}{id}?version={version}", durable::RECORD_URL);
+    let edge_cache = Cache::default();
+    let text = match edge_cache.get(key.as_str(), false).await {
+        Ok(Some(mut hit)) => hit.text().await.map_err(|e| store_error(e.to_string()))?,
+        _ => {
+            let mut response = durable::fetch_record(env, id)
+                .await
+                .map_err(|e| store_error(e.to_string()))?;
+            match response.status_code() {
+                200 => {}
+                404 => {
+                    cache.borrow_mut().insert(id.clone(), None, now);
+                    return Ok(None);
+                }
+                s => return Err(store_error(format!("the registry answered {s}"))),
+            }
+            response.text().await.map_err(|e| store_error(e.to_string()))?
+        }
+    };
+    let record: crate::record::KeyRecord =
+        serde_json::from_str(&text).map_err(|_| LookupError::Corrupt(id.clone()))?;
+    if &record.id != id {
+        return Err(LookupError::Corrupt(id.clone()));
+    }
+    if record.version < version {
+        return Err(store_error("the registry's record is older than its feed".into()));
+    }
+    if let Ok(headers) = record_headers()
+        && let Ok(response) = Response::ok(text)
+    {
+        let _ = edge_cache.put(key.as_str(), response.with_headers(headers)).await;
+    }
+    let record = std::rc::Rc::new(record);
+    let cached = cache.borrow_mut().insert(id.clone(), Some(record.clone()), now);
+    Ok(cached.or(Some(record)))
+}
+
+/// A record at a given version never changes; a minute in the cache is plenty (the feed keeps
+/// the entry far longer).
+fn record_headers() -> worker::Result<Headers> {
+    let headers = Headers::new();
+    headers.set("Content-Type", "application/json")?;
+    headers.set("Cache-Control", "max-age=60")?;
+    Ok(headers)
+}

@@ -230,6 +230,11 @@ impl<D: SqlDb> SqlRegistry<D> {
         }))
     }
 
+    /// The stored record of `id`, as JSON (for an isolate whose copy the feed says is stale).
+    pub fn record_json(&self, id: &KeyId) -> Result<Option<String>, StoreError> {
+        Ok(self.stored_record(id.as_str())?.map(|(_, json)| json))
+    }
+
     /// Apply this request's writes. See the module doc for what a record write brings along.
     pub fn commit(&self, now: Timestamp) -> Result<(), StoreError> {
         let work = std::mem::take(&mut *self.work.borrow_mut());

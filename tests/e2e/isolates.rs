@@ -19,7 +19,7 @@ use serde_json::{Value, json};
 
 use crate::harness::{Group, Origin, Resp, free_port, random_hex, root, send, start_origin};
 
-/// Revoked, disabled or deleted in one isolate: denied in every other one within this.
+/// Revoked, disabled, deleted or narrowed in one isolate: denied in every other one within this.
 const BOUND_MS: u128 = 2000;
 /// Poll interval of the other isolate.
 const POLL: Duration = Duration::from_millis(20);
@@ -27,7 +27,7 @@ const POLL: Duration = Duration::from_millis(20);
 const GIVE_UP: Duration = Duration::from_secs(20);
 
 const SHARED: &str = "isolates::a_key_issued_in_one_isolate_works_in_the_other";
-const REVOCATION: &str = "isolates::revoke_disable_delete_reach_the_other_isolate_within_2s";
+const REVOCATION: &str = "isolates::revoke_disable_delete_narrow_reach_the_other_isolate_within_2s";
 
 pub fn trials() -> Vec<Trial> {
     vec![
@@ -268,6 +268,8 @@ enum Action {
     Revoke,
     Disable,
     Delete,
+    /// A PATCH that takes away the scope the warm-up used.
+    Narrow,
 }
 
 impl Action {
@@ -276,6 +278,15 @@ impl Action {
             Action::Revoke => "revoke",
             Action::Disable => "disable",
             Action::Delete => "delete",
+            Action::Narrow => "narrow",
+        }
+    }
+
+    /// The status the other isolate must end up answering.
+    fn status(self) -> u16 {
+        match self {
+            Action::Narrow => 403,
+            _ => 401,
         }
     }
 
@@ -285,6 +296,7 @@ impl Action {
             Action::Revoke => "revoked_key",
             Action::Disable => "disabled_key",
             Action::Delete => "invalid_key",
+            Action::Narrow => "insufficient_scope",
         }
     }
 
@@ -303,6 +315,12 @@ impl Action {
                 200,
             ),
             Action::Delete => ("DELETE", format!("/admin/keys/{id}"), None, 204),
+            Action::Narrow => (
+                "PATCH",
+                format!("/admin/keys/{id}"),
+                Some(json!({"scopes": ["other:read"]})),
+                200,
+            ),
         };
         let r = p.admin(&p.a, method, &path, body);
         assert_eq!(r.status, ok, "{} {id} through A: {}", self.name(), r.body);
@@ -310,7 +328,8 @@ impl Action {
     }
 }
 
-/// One trial: ms from A's admin response to B's first 401 (None: still allowed after GIVE_UP).
+/// One trial: ms from A's admin response to B's first denial (None: still allowed after
+/// GIVE_UP).
 fn trial(p: &Pair, action: Action, n: usize) -> Option<u128> {
     let marker = format!("iso-{}-{n}-{}", action.name(), random_hex(4));
     let (key, id) = p.issue(&p.a, &marker);
@@ -328,7 +347,7 @@ fn trial(p: &Pair, action: Action, n: usize) -> Option<u128> {
         let r = p.read(&p.b, &key, &marker);
         match r.status {
             200 => {}
-            401 => {
+            s if s == action.status() => {
                 let ms = t0.elapsed().as_millis();
                 assert_eq!(r.code(), action.code(), "{marker}: B's denial");
                 return Some(ms);
@@ -349,7 +368,7 @@ fn revocation_bound() {
     let p = Pair::start();
     let mut report = Vec::new();
     let mut failures = Vec::new();
-    for action in [Action::Revoke, Action::Disable, Action::Delete] {
+    for action in [Action::Revoke, Action::Disable, Action::Delete, Action::Narrow] {
         let mut ms: Vec<u128> = Vec::with_capacity(n);
         for i in 0..n {
             let t = trial(&p, action, i);

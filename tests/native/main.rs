@@ -15,12 +15,13 @@ mod shipped_policy;
 mod versions;
 
 use std::cell::RefCell;
+use std::rc::Rc;
 
 use futures::FutureExt;
 use futures::executor::block_on;
 use keygate::admin::{AdminContext, AdminRequest, Reply};
 use keygate::cache::RecordCache;
-use keygate::decide::{Decision, Gateway, RequestFacts};
+use keygate::decide::{Decision, Gateway, Known, RequestFacts, Step};
 use keygate::ip::ClientIp;
 use keygate::key::KeyHasher;
 use keygate::policy::Policy;
@@ -136,11 +137,27 @@ impl<S: KvStore> World<S> {
             host: "gw.example",
             has_body: false,
         };
+        // As the edge drives it: start, the record (cache, then the replica), the current record
+        // from the registry when the feed says the copy predates a change of its grants, finish.
         let feed = self.feed();
-        block_on(
-            self.gateway
-                .decide_with_feed(&facts, &self.records(), &feed, self.now),
-        )
+        match self.gateway.start(&facts) {
+            Step::Done(decision, _) => decision,
+            Step::NeedRecord(pending) => {
+                let id = pending.key_id().clone();
+                let mut record = block_on(self.records().get(&id, self.now));
+                if let Ok(Some(r)) = &record
+                    && feed.refresh_needed(r, self.now).is_some()
+                {
+                    record = Ok(self
+                        .registry
+                        .record_json(&id)
+                        .unwrap()
+                        .map(|j| Rc::new(serde_json::from_str(&j).unwrap())));
+                }
+                let known = Known::new(record).with_feed(&feed, &id);
+                self.gateway.finish(pending, known, self.now).0
+            }
+        }
     }
 
     /// The revocation feed as an isolate would hold it right now.

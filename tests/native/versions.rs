@@ -416,3 +416,47 @@ fn the_feed_denies_disable_and_delete_but_never_overrides_a_newer_record() {
     w.admin("DELETE", &path, None).unwrap();
     assert_eq!(denial(&w, &key), Some(Denial::InvalidKey));
 }
+
+#[test]
+fn narrowed_grants_apply_at_once_from_the_registrys_record() {
+    let w = World::new();
+    let (key, rec) = w.issue(json!({"name": "g", "scopes": ["license:read", "other:read"]}));
+    let id = rec["id"].as_str().unwrap().to_owned();
+    assert_eq!(denial(&w, &key), None, "warm: the gateway caches version 1");
+    w.admin(
+        "PATCH",
+        &format!("/admin/keys/{id}"),
+        Some(json!({"scopes": ["other:read"]})),
+    )
+    .unwrap();
+    let kid = keygate::key::KeyId::parse(&id).unwrap();
+    let cached = w.cache.borrow_mut().get(&kid, w.now).unwrap().unwrap();
+    assert_eq!(cached.version, 1, "the cache still grants license:read");
+    let entry = w.feed().entry(&kid).cloned().unwrap();
+    assert_eq!(
+        (entry.kind, entry.version),
+        (keygate::revocation::Kind::Changed, 2)
+    );
+    // The decision uses the registry's current record, not the cached one.
+    assert!(matches!(denial(&w, &key), Some(Denial::InsufficientScope { .. })));
+    // A stale record that cannot be refreshed is never used: fail closed.
+    let feed = w.feed();
+    let known = keygate::decide::Known::new(Ok(Some(cached))).with_feed(&feed, &kid);
+    let headers = vec![("x-api-key".to_owned(), key.clone())];
+    let facts = keygate::decide::RequestFacts {
+        method: "GET",
+        path: "/licenses/x",
+        query: None,
+        headers: &headers,
+        client_ip: None,
+        host: "gw.example",
+        has_body: false,
+    };
+    let keygate::decide::Step::NeedRecord(pending) = w.gateway.start(&facts) else {
+        panic!("a well-formed key needs its record");
+    };
+    assert_eq!(
+        w.gateway.finish(pending, known, w.now).0,
+        Decision::Deny(Denial::StoreUnavailable)
+    );
+}
