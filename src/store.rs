@@ -250,6 +250,25 @@ impl<S: KvStore> Records<'_, S> {
     }
 }
 
+/// A store whose every call fails, as KV does in an outage: for tests of failing closed.
+#[derive(Debug, Default)]
+pub struct DownStore;
+
+impl KvStore for DownStore {
+    async fn get(&self, _: &str) -> Result<Option<String>, StoreError> {
+        Err(StoreError("down".into()))
+    }
+    async fn put(&self, _: &str, _: &str) -> Result<(), StoreError> {
+        Err(StoreError("down".into()))
+    }
+    async fn delete(&self, _: &str) -> Result<(), StoreError> {
+        Err(StoreError("down".into()))
+    }
+    async fn list(&self, _: &str, _: Option<&str>, _: u32) -> Result<ListPage, StoreError> {
+        Err(StoreError("down".into()))
+    }
+}
+
 /// A store that counts reads, for tests that prove some paths never touch storage.
 #[derive(Debug, Default)]
 pub struct CountingStore<S> {

@@ -5,8 +5,6 @@
 //! ChaCha20-Poly1305 under a key derived from the admin token, bound to the caller and the
 //! idempotency key, and kept only for the 24 hours.
 
-use chacha20poly1305::aead::{Aead, KeyInit, Payload};
-use chacha20poly1305::{ChaCha20Poly1305, Nonce};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use sha2::{Digest, Sha256};
@@ -20,6 +18,7 @@ use crate::record::KeyRecord;
 use crate::registry::{AdminStore, Idempotent};
 
 use super::actor::Actor;
+use super::seal::{open, seal};
 use super::{AdminContext, AdminRequest, AdminResult, Reply};
 
 /// `If-Match`: absent, `*`, or a list of entity tags one of which is the key's current
@@ -56,11 +55,6 @@ struct StoredReply {
     body: Option<Value>,
 }
 
-fn cipher(token: &str) -> ChaCha20Poly1305 {
-    let key = Sha256::digest(format!("keygate-idempotency:{token}").as_bytes());
-    ChaCha20Poly1305::new(&key)
-}
-
 /// What identifies a request under its idempotency key: method, path and body.
 fn fingerprint<H: HeaderSource + ?Sized>(req: &AdminRequest<'_, H>) -> String {
     let mut h = Sha256::new();
@@ -72,41 +66,17 @@ fn fingerprint<H: HeaderSource + ?Sized>(req: &AdminRequest<'_, H>) -> String {
     hex::encode(h.finalize())
 }
 
-fn seal(token: &str, aad: &str, reply: &Reply) -> Result<String, Problem> {
+fn seal_reply(token: &str, aad: &str, reply: &Reply) -> Result<String, Problem> {
     let plain = serde_json::to_vec(&StoredReply {
         status: reply.status,
         body: reply.body.clone(),
     })
     .map_err(|_| internal_error("The response could not be stored."))?;
-    let mut nonce = [0u8; 12];
-    getrandom::fill(&mut nonce).map_err(|_| internal_error("No randomness available."))?;
-    let sealed = cipher(token)
-        .encrypt(
-            Nonce::from_slice(&nonce),
-            Payload {
-                msg: &plain,
-                aad: aad.as_bytes(),
-            },
-        )
-        .map_err(|_| internal_error("The response could not be stored."))?;
-    let mut out = nonce.to_vec();
-    out.extend_from_slice(&sealed);
-    Ok(hex::encode(out))
+    seal("idempotency", token, aad.as_bytes(), &plain)
 }
 
-fn open(token: &str, aad: &str, sealed: &str) -> Option<StoredReply> {
-    let bytes = hex::decode(sealed).ok()?;
-    let (nonce, body) = (bytes.get(..12)?, bytes.get(12..)?);
-    let plain = cipher(token)
-        .decrypt(
-            Nonce::from_slice(nonce),
-            Payload {
-                msg: body,
-                aad: aad.as_bytes(),
-            },
-        )
-        .ok()?;
-    serde_json::from_slice(&plain).ok()
+fn open_reply(token: &str, aad: &str, sealed: &str) -> Option<StoredReply> {
+    serde_json::from_slice(&open("idempotency", token, aad.as_bytes(), sealed)?).ok()
 }
 
 impl<S: AdminStore> AdminContext<'_, S> {
@@ -137,7 +107,7 @@ impl<S: AdminStore> AdminContext<'_, S> {
             if stored.fingerprint != fingerprint {
                 return Err(idempotency_key_reused());
             }
-            let reply = open(token, &aad, &stored.sealed).ok_or_else(idempotency_key_unusable)?;
+            let reply = open_reply(token, &aad, &stored.sealed).ok_or_else(idempotency_key_unusable)?;
             return Ok(Reply {
                 status: reply.status,
                 body: reply.body,
@@ -146,7 +116,7 @@ impl<S: AdminStore> AdminContext<'_, S> {
         }
         let reply = write().await?;
         if (200..300).contains(&reply.status) {
-            let sealed = seal(token, &aad, &reply)?;
+            let sealed = seal_reply(token, &aad, &reply)?;
             store.remember(&scope, &key, Idempotent { fingerprint, sealed });
         }
         Ok(reply)

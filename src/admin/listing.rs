@@ -3,14 +3,11 @@
 
 use std::collections::HashMap;
 
-use chacha20poly1305::aead::{Aead, KeyInit, Payload};
-use chacha20poly1305::{ChaCha20Poly1305, Nonce};
 use futures_util::FutureExt;
 use serde_json::json;
-use sha2::{Digest, Sha256};
 
 use crate::key::KeyId;
-use crate::problem::{Problem, internal_error, invalid_cursor, invalid_field, store_error};
+use crate::problem::{Problem, invalid_cursor, invalid_field, store_error};
 use crate::record::Status;
 use crate::registry::{AdminStore, KeyCursor, KeyFilter};
 use crate::store::{LookupError, StoreError};
@@ -18,6 +15,7 @@ use crate::store::{LookupError, StoreError};
 use super::actor::Actor;
 use super::audit::AuditEvent;
 use super::input::{Query, valid_environment};
+use super::seal::{open, seal};
 use super::{AdminContext, AdminResult, ok};
 
 impl<S: AdminStore> AdminContext<'_, S> {
@@ -140,43 +138,13 @@ impl<S: AdminStore> AdminContext<'_, S> {
 /// the endpoint and filters as associated data: a client can neither read the store's cursor
 /// inside (which may name the last key listed, even one outside an admin key's reach) nor forge
 /// one, nor use one with another endpoint or other filters.
-fn cursor_cipher(token: &str) -> ChaCha20Poly1305 {
-    let key = Sha256::digest(format!("keygate-cursor:{token}").as_bytes());
-    ChaCha20Poly1305::new(&key)
-}
-
 /// `Err` (a 500) rather than `None`: a missing cursor would tell the client the list ended.
 fn sign_cursor(token: &str, scope: &str, raw: &str) -> Result<String, Problem> {
-    let failed = |_| internal_error("The list cursor could not be sealed.");
-    let mut nonce = [0u8; 12];
-    getrandom::fill(&mut nonce).map_err(|_| internal_error("No randomness available."))?;
-    let sealed = cursor_cipher(token)
-        .encrypt(
-            Nonce::from_slice(&nonce),
-            Payload {
-                msg: raw.as_bytes(),
-                aad: scope.as_bytes(),
-            },
-        )
-        .map_err(failed)?;
-    let mut out = nonce.to_vec();
-    out.extend_from_slice(&sealed);
-    Ok(hex::encode(out))
+    seal("cursor", token, scope.as_bytes(), raw.as_bytes())
 }
 
 fn verify_cursor(token: &str, scope: &str, cursor: &str) -> Option<String> {
-    let bytes = hex::decode(cursor).ok()?;
-    let (nonce, sealed) = (bytes.get(..12)?, bytes.get(12..)?);
-    let raw = cursor_cipher(token)
-        .decrypt(
-            Nonce::from_slice(nonce),
-            Payload {
-                msg: sealed,
-                aad: scope.as_bytes(),
-            },
-        )
-        .ok()?;
-    String::from_utf8(raw).ok()
+    String::from_utf8(open("cursor", token, scope.as_bytes(), cursor)?).ok()
 }
 
 impl Query {

@@ -17,6 +17,7 @@
 //! - `keys`: the key use-cases (create, update, revoke, rotate, delete);
 //! - `input`: bodies, field rules, durations and expiries, query strings;
 //! - `listing`: the key list and the audit log, with their sealed cursors;
+//! - `seal`: sealing cursors and stored responses under the admin token;
 //! - `audit`: audit events ([`AuditEvent`], [`AuditAction`]) and writing them;
 //! - `idempotency`: `Idempotency-Key` on create and rotate, and `If-Match` preconditions.
 //!
@@ -29,6 +30,7 @@ mod input;
 mod keys;
 mod listing;
 mod routing;
+mod seal;
 
 use serde_json::Value;
 

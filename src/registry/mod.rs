@@ -235,6 +235,38 @@ impl<D: SqlDb> SqlRegistry<D> {
         Ok(self.stored_record(id.as_str())?.map(|(_, json)| json))
     }
 
+    /// Write one record row (its JSON and the columns the lists filter on). `replace`: a newer
+    /// state of the key; otherwise an import, which never replaces what the registry holds.
+    /// Returns the written row's id when one was written.
+    fn write_record(
+        &self,
+        r: &KeyRecord,
+        json: &str,
+        replace: bool,
+    ) -> Result<Vec<Vec<SqlValue>>, StoreError> {
+        let on_conflict = if replace {
+            "DO UPDATE SET version = excluded.version, created_at = excluded.created_at, environment = excluded.environment, grp = excluded.grp, enabled = excluded.enabled, revoked_at = excluded.revoked_at, expires_at = excluded.expires_at, json = excluded.json"
+        } else {
+            "DO NOTHING"
+        };
+        self.db.exec(
+            &format!(
+                "INSERT INTO records (id, version, created_at, environment, grp, enabled, revoked_at, expires_at, json) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9) ON CONFLICT (id) {on_conflict} RETURNING id"
+            ),
+            &[
+                r.id.to_string().into(),
+                to_i64(r.version).into(),
+                r.created_at.millis().into(),
+                r.environment.as_str().into(),
+                r.group.clone().into(),
+                i64::from(r.enabled).into(),
+                r.revoked_at.map(|t| t.millis()).into(),
+                r.expires_at.map(|t| t.millis()).into(),
+                json.into(),
+            ],
+        )
+    }
+
     /// Apply this request's writes. See the module doc for what a record write brings along.
     pub fn commit(&self, now: Timestamp) -> Result<(), StoreError> {
         let work = std::mem::take(&mut *self.work.borrow_mut());
@@ -250,20 +282,7 @@ impl<D: SqlDb> SqlRegistry<D> {
             let base = before.as_ref().map_or(0, |(v, _)| *v);
             let version = match &after_record {
                 Some(r) => {
-                    self.db.exec(
-                        "INSERT INTO records (id, version, created_at, environment, grp, enabled, revoked_at, expires_at, json) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9) ON CONFLICT (id) DO UPDATE SET version = excluded.version, created_at = excluded.created_at, environment = excluded.environment, grp = excluded.grp, enabled = excluded.enabled, revoked_at = excluded.revoked_at, expires_at = excluded.expires_at, json = excluded.json",
-                        &[
-                            id.as_str().into(),
-                            to_i64(r.version).into(),
-                            r.created_at.millis().into(),
-                            r.environment.as_str().into(),
-                            r.group.clone().into(),
-                            i64::from(r.enabled).into(),
-                            r.revoked_at.map(|t| t.millis()).into(),
-                            r.expires_at.map(|t| t.millis()).into(),
-                            json_of(after)?.into(),
-                        ],
-                    )?;
+                    self.write_record(r, json_of(after)?, true)?;
                     r.version
                 }
                 None => {
@@ -431,20 +450,7 @@ impl<D: SqlDb> SqlRegistry<D> {
                 life.apply(&mut record);
                 record.version = record.version.max(1);
                 let json = serde_json::to_string(&record).map_err(|e| err(e.to_string()))?;
-                let rows = self.db.exec(
-                    "INSERT INTO records (id, version, created_at, environment, grp, enabled, revoked_at, expires_at, json) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9) ON CONFLICT (id) DO NOTHING RETURNING id",
-                    &[
-                        id.to_string().into(),
-                        to_i64(record.version).into(),
-                        record.created_at.millis().into(),
-                        record.environment.as_str().into(),
-                        record.group.clone().into(),
-                        i64::from(record.enabled).into(),
-                        record.revoked_at.map(|t| t.millis()).into(),
-                        record.expires_at.map(|t| t.millis()).into(),
-                        json.into(),
-                    ],
-                )?;
+                let rows = self.write_record(&record, &json, false)?;
                 imported += rows.len();
             }
             match page.cursor {

@@ -141,7 +141,7 @@ fn flush_writes_the_latest_state_and_keeps_failures_pending() {
     let r = registry();
     let rec = create(&r, "0123456789abcdef", 7);
     let kv = MemoryStore::new();
-    let failing = Down;
+    let failing = crate::store::DownStore;
     assert!(block_on(r.flush(&failing, 10)).is_err());
     let lag = r.replica_lag().unwrap();
     assert_eq!(lag.pending, 1);
@@ -379,23 +379,5 @@ proptest! {
             let (page, _) = r.list_keys(&f, at(now), None, 5, &mut |_| true).unwrap();
             prop_assert_eq!(page.len() == 1, s == want);
         }
-    }
-}
-
-/// A KV store that is down.
-struct Down;
-
-impl KvStore for Down {
-    async fn get(&self, _: &str) -> Result<Option<String>, StoreError> {
-        Err(StoreError("down".into()))
-    }
-    async fn put(&self, _: &str, _: &str) -> Result<(), StoreError> {
-        Err(StoreError("down".into()))
-    }
-    async fn delete(&self, _: &str) -> Result<(), StoreError> {
-        Err(StoreError("down".into()))
-    }
-    async fn list(&self, _: &str, _: Option<&str>, _: u32) -> Result<ListPage, StoreError> {
-        Err(StoreError("down".into()))
     }
 }

@@ -28,7 +28,7 @@ use keygate::policy::Policy;
 use keygate::problem::Problem;
 use keygate::registry::sqlite::Sqlite;
 use keygate::registry::{AdminStore, SqlRegistry};
-use keygate::store::{KvStore, ListPage, MemoryStore, Records, StoreError};
+use keygate::store::{KvStore, MemoryStore, Records};
 use keygate::time::Timestamp;
 use serde_json::{Value, json};
 
@@ -282,20 +282,4 @@ impl<'a> Call<'a> {
     }
 }
 
-/// A store whose every call fails, as KV does in an outage.
-pub struct DownStore;
-
-impl KvStore for DownStore {
-    async fn get(&self, _: &str) -> Result<Option<String>, StoreError> {
-        Err(StoreError("down".into()))
-    }
-    async fn put(&self, _: &str, _: &str) -> Result<(), StoreError> {
-        Err(StoreError("down".into()))
-    }
-    async fn delete(&self, _: &str) -> Result<(), StoreError> {
-        Err(StoreError("down".into()))
-    }
-    async fn list(&self, _: &str, _: Option<&str>, _: u32) -> Result<ListPage, StoreError> {
-        Err(StoreError("down".into()))
-    }
-}
+pub use keygate::store::DownStore;
