@@ -23,7 +23,7 @@ use crate::key::{ApiKey, Environment, HashError, KeyHasher, KeyId, holds_key};
 use crate::path::{self, CanonicalPath};
 use crate::policy::{Cors, DefaultAction, Policy, Route};
 use crate::record::{KeyRecord, Status};
-use crate::revocation::Kind;
+use crate::revocation::{Kind, Verdict};
 use crate::scope::ScopeTemplate;
 use crate::store::{KvStore, LookupError, Records};
 use crate::time::Timestamp;
@@ -213,22 +213,24 @@ impl PendingAuth {
 pub struct Known {
     /// The lookup of the pending key's record: cache, then store. `Ok(None)`: no such key.
     pub record: Result<Option<Rc<KeyRecord>>, LookupError>,
-    /// The revocation feed's newest entry for the key, if it has one: it denies a record older
-    /// than the change it announces, cached or not (`crate::revocation`).
-    pub feed_entry: Option<crate::revocation::Entry>,
+    /// What the revocation feed says of that record (`crate::revocation`): current, denied
+    /// (revoked or deleted since), or stale (changed since, and not refreshed).
+    pub feed: Verdict,
 }
 
 impl Known {
     pub fn new(record: Result<Option<Rc<KeyRecord>>, LookupError>) -> Self {
         Known {
             record,
-            feed_entry: None,
+            feed: Verdict::Current,
         }
     }
 
-    /// With what the isolate's copy of the revocation feed says about the key.
-    pub fn with_feed(mut self, feed: &crate::revocation::Feed, id: &KeyId) -> Self {
-        self.feed_entry = feed.entry(id).cloned();
+    /// With what the isolate's copy of the revocation feed says of the record looked up.
+    pub fn with_feed(mut self, feed: &crate::revocation::Feed, now: Timestamp) -> Self {
+        if let Ok(Some(r)) = &self.record {
+            self.feed = feed.verdict(r, now);
+        }
         self
     }
 }
@@ -515,15 +517,13 @@ impl Gateway {
             (Some(r), Err(HashError::PepperMissing)) => return Err(Denial::PepperMissing(r.id.clone())),
             _ => return Err(Denial::InvalidKey),
         };
-        let status = match known.feed_entry.as_ref().and_then(|e| e.stale(&record, now)) {
-            // The feed knows of a newer state of the key than this record holds.
-            Some(Kind::Revoked) => Status::Revoked,
-            Some(Kind::Disabled) => Status::Disabled,
-            Some(Kind::Expires) => Status::Expired,
-            Some(Kind::Deleted) => return Err(Denial::InvalidKey),
-            // Its grants changed and the current record could not be had: fail closed.
-            Some(Kind::Changed) => return Err(Denial::StoreUnavailable),
-            None => record.status(now),
+        let status = match known.feed {
+            Verdict::Current => record.status(now),
+            // Revoked or deleted after this record was read: nothing later can undo that.
+            Verdict::Deny(Kind::Deleted) => return Err(Denial::InvalidKey),
+            Verdict::Deny(_) => Status::Revoked,
+            // Changed after this record, and the current record could not be had: fail closed.
+            Verdict::Stale(_) => return Err(Denial::StoreUnavailable),
         };
         match status {
             Status::Active => Ok(record),

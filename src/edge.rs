@@ -385,13 +385,13 @@ async fn handle(req: Request, env: &Env, request_id: &str) -> worker::Result<Res
             // The revocation feed, at most once per `revocation_poll_ms` per isolate.
             feed::refresh(env, policy.revocation_poll_ms, now).await;
             let mut record = records.get(pending.key_id(), now).await;
-            // A record older than a change of its grants: the current one, from the registry.
+            // A record older than a change in effect: the current one, from the registry.
             if let Ok(Some(r)) = &record
                 && let Some(version) = feed::with(|f| f.refresh_needed(r, now))
             {
                 record = feed::current_record(env, &cache, pending.key_id(), version, now).await;
             }
-            let known = feed::with(|f| Known::new(record).with_feed(f, pending.key_id()));
+            let known = feed::with(|f| Known::new(record).with_feed(f, now));
             gateway.finish(pending, known, now)
         }
     };

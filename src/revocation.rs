@@ -6,11 +6,13 @@
 //!
 //! An entry says "records of this key older than `version` are stale from `at` on". A record at
 //! `version` or later already holds the change (or a later one, such as re-enabling the key),
-//! so the record itself decides; entries never override a newer record. A stale record is
-//! denied at once with the entry's `kind`, cached or not, except after a change of grants
-//! ([`Kind::Changed`]): the edge then fetches the current record from the registry
-//! ([`Feed::refresh_needed`]), and a stale record that could not be refreshed is denied (fail
-//! closed).
+//! so the record itself decides; entries never override a newer record. One commit may publish
+//! several entries (a PATCH that narrows scopes and sets a later expiry publishes both), and an
+//! isolate keeps them all. A record older than a revocation or deletion in effect is denied at
+//! once, cached or not. A record older than any other change in effect (disabled, expired,
+//! grants changed) is stale: the edge fetches the current record from the registry
+//! ([`Feed::refresh_needed`]) and decides with it; a stale record that could not be refreshed
+//! is denied (fail closed).
 
 use std::collections::HashMap;
 
@@ -20,7 +22,7 @@ use crate::key::KeyId;
 use crate::record::KeyRecord;
 use crate::time::Timestamp;
 
-/// How long the registry keeps publishing an entry after it takes effect. Far longer than the KV
+/// How long the registry keeps publishing an entry after the change was committed. Far longer than the KV
 /// replica's bound (about 60 s of KV propagation plus the isolate cache TTL), so that by the time
 /// an entry leaves the feed, every location reads a record that holds the change itself. Entries
 /// of keys whose replica write is still pending stay in the feed regardless.
@@ -75,10 +77,9 @@ pub struct Entry {
 }
 
 impl Entry {
-    /// Whether this entry makes `record` stale at `now`: the record predates the change, and the
-    /// change is in effect.
-    pub fn stale(&self, record: &KeyRecord, now: Timestamp) -> Option<Kind> {
-        (record.id == self.key_id && record.version < self.version && now >= self.at).then_some(self.kind)
+    /// Whether this entry is about `record`'s key, newer than it, and in effect at `now`.
+    fn outdates(&self, record: &KeyRecord, now: Timestamp) -> bool {
+        record.id == self.key_id && record.version < self.version && now >= self.at
     }
 }
 
@@ -90,58 +91,72 @@ pub struct FeedPage {
     pub entries: Vec<Entry>,
 }
 
-/// The change between two states of a key that the feed must publish, if any: the most
-/// permanent one wins (revoked, then deleted, then disabled, then a shorter expiry, then a
-/// change of grants).
+/// Every change between two states of a key that the feed must publish (one entry each, all
+/// with the version of `after`): deleted; revoked; disabled; a shorter expiry (in effect from
+/// the new expiry); a change of grants.
 pub fn narrowing(
     before: Option<&KeyRecord>,
     after: Option<&KeyRecord>,
     now: Timestamp,
-) -> Option<(Kind, Timestamp)> {
-    let before = before?;
-    let Some(after) = after else {
-        return Some((Kind::Deleted, now));
+) -> Vec<(Kind, Timestamp)> {
+    let Some(before) = before else {
+        return Vec::new();
     };
+    let Some(after) = after else {
+        return vec![(Kind::Deleted, now)];
+    };
+    let mut out = Vec::new();
     if after.revoked_at.is_some() && before.revoked_at.is_none() {
-        return Some((Kind::Revoked, now));
+        out.push((Kind::Revoked, now));
     }
     if before.enabled && !after.enabled {
-        return Some((Kind::Disabled, now));
+        out.push((Kind::Disabled, now));
     }
     match (before.expires_at, after.expires_at) {
-        (None, Some(a)) => return Some((Kind::Expires, a)),
-        (Some(b), Some(a)) if a < b => return Some((Kind::Expires, a)),
+        (None, Some(a)) => out.push((Kind::Expires, a)),
+        (Some(b), Some(a)) if a < b => out.push((Kind::Expires, a)),
         _ => {}
     }
     let grants_changed = before.scopes != after.scopes
         || before.ip_allowlist != after.ip_allowlist
         || before.tenants != after.tenants
         || before.environment != after.environment;
-    grants_changed.then_some((Kind::Changed, now))
+    if grants_changed {
+        out.push((Kind::Changed, now));
+    }
+    out
 }
 
-/// An isolate's copy of the feed: the newest entry per key.
+/// What the feed says of a record an isolate holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verdict {
+    /// No entry in effect is newer than the record: the record decides.
+    Current,
+    /// The key was revoked or deleted after this record: deny, whatever else happened.
+    Deny(Kind),
+    /// The key changed after this record (disabled, expired, grants): only the current record
+    /// (at least this version, from the registry) may decide; without it, deny.
+    Stale(u64),
+}
+
+/// An isolate's copy of the feed: every entry in retention, by key.
 #[derive(Debug, Clone, Default)]
 pub struct Feed {
     seq: i64,
-    by_key: HashMap<KeyId, Entry>,
+    by_key: HashMap<KeyId, Vec<Entry>>,
 }
 
 impl Feed {
-    /// Replace the copy with a page just fetched. A page older than the copy (a cached answer
-    /// that raced a fresher one) is ignored, so the copy never goes back.
-    pub fn apply(&mut self, page: FeedPage) {
-        if page.seq < self.seq {
+    /// Replace the copy with a page. A cached page older than the copy (it raced a fresher
+    /// one) is ignored, so the copy never goes back; a page straight from the registry
+    /// (`authoritative`) always applies, so a registry whose numbering restarted is followed.
+    pub fn apply(&mut self, page: FeedPage, authoritative: bool) {
+        if page.seq < self.seq && !authoritative {
             return;
         }
-        let mut by_key: HashMap<KeyId, Entry> = HashMap::with_capacity(page.entries.len());
+        let mut by_key: HashMap<KeyId, Vec<Entry>> = HashMap::new();
         for e in page.entries {
-            match by_key.get(&e.key_id) {
-                Some(old) if old.version >= e.version => {}
-                _ => {
-                    by_key.insert(e.key_id.clone(), e);
-                }
-            }
+            by_key.entry(e.key_id.clone()).or_default().push(e);
         }
         self.seq = page.seq;
         self.by_key = by_key;
@@ -151,6 +166,7 @@ impl Feed {
         self.seq
     }
 
+    /// How many keys have entries.
     pub fn len(&self) -> usize {
         self.by_key.len()
     }
@@ -159,21 +175,37 @@ impl Feed {
         self.by_key.is_empty()
     }
 
-    /// The newest entry for a key.
-    pub fn entry(&self, id: &KeyId) -> Option<&Entry> {
-        self.by_key.get(id)
+    /// A key's entries, oldest first.
+    pub fn entries(&self, id: &KeyId) -> &[Entry] {
+        self.by_key.get(id).map_or(&[], Vec::as_slice)
     }
 
-    /// The entry that makes `record` stale at `now`, if any.
-    pub fn denies(&self, record: &KeyRecord, now: Timestamp) -> Option<Kind> {
-        self.by_key.get(&record.id)?.stale(record, now)
+    /// What the entries newer than `record` and in effect at `now` say of it.
+    pub fn verdict(&self, record: &KeyRecord, now: Timestamp) -> Verdict {
+        let newer = || {
+            self.entries(&record.id)
+                .iter()
+                .filter(|e| e.outdates(record, now))
+        };
+        if newer().any(|e| e.kind == Kind::Deleted) {
+            return Verdict::Deny(Kind::Deleted);
+        }
+        if newer().any(|e| e.kind == Kind::Revoked) {
+            return Verdict::Deny(Kind::Revoked);
+        }
+        newer()
+            .map(|e| e.version)
+            .max()
+            .map_or(Verdict::Current, Verdict::Stale)
     }
 
-    /// The version to fetch from the registry when `record` predates a change of its grants
-    /// (the edge asks the registry for the record itself rather than wait for KV).
+    /// The version to fetch from the registry when `record` is stale (the edge asks the
+    /// registry for the current record rather than wait for KV).
     pub fn refresh_needed(&self, record: &KeyRecord, now: Timestamp) -> Option<u64> {
-        let e = self.by_key.get(&record.id)?;
-        (e.stale(record, now) == Some(Kind::Changed)).then_some(e.version)
+        match self.verdict(record, now) {
+            Verdict::Stale(v) => Some(v),
+            Verdict::Current | Verdict::Deny(_) => None,
+        }
     }
 }
 
@@ -196,137 +228,170 @@ mod tests {
         }
     }
 
+    fn page(seq: i64, entries: Vec<Entry>) -> FeedPage {
+        FeedPage { seq, entries }
+    }
+
     #[test]
-    fn narrowing_names_the_most_permanent_change() {
+    fn narrowing_publishes_every_change_of_a_commit() {
         let now = at(1_000);
         let before = sample("0123456789abcdef");
-        assert_eq!(
-            narrowing(None, Some(&before), now),
-            None,
+        assert!(
+            narrowing(None, Some(&before), now).is_empty(),
             "creation narrows nothing"
         );
-        assert_eq!(narrowing(Some(&before), None, now), Some((Kind::Deleted, now)));
+        assert_eq!(narrowing(Some(&before), None, now), vec![(Kind::Deleted, now)]);
         let mut after = before.clone();
         after.enabled = false;
         after.revoked_at = Some(now);
         assert_eq!(
             narrowing(Some(&before), Some(&after), now),
-            Some((Kind::Revoked, now))
-        );
-        after.revoked_at = None;
-        assert_eq!(
-            narrowing(Some(&before), Some(&after), now),
-            Some((Kind::Disabled, now))
+            vec![(Kind::Revoked, now), (Kind::Disabled, now)]
         );
         let mut after = before.clone();
         after.expires_at = Some(at(5_000));
+        after.scopes.clear();
         assert_eq!(
             narrowing(Some(&before), Some(&after), now),
-            Some((Kind::Expires, at(5_000)))
+            vec![(Kind::Expires, at(5_000)), (Kind::Changed, now)],
+            "a later expiry never hides a change of grants"
         );
         let mut later = after.clone();
         later.expires_at = Some(at(9_000));
-        assert_eq!(
-            narrowing(Some(&after), Some(&later), now),
-            None,
+        assert!(
+            narrowing(Some(&after), Some(&later), now).is_empty(),
             "a longer expiry widens"
         );
         let mut renamed = before.clone();
         renamed.name = "other".into();
-        assert_eq!(narrowing(Some(&before), Some(&renamed), now), None);
-        let mut narrowed = before.clone();
-        narrowed.scopes.clear();
-        assert_eq!(
-            narrowing(Some(&before), Some(&narrowed), now),
-            Some((Kind::Changed, now))
-        );
+        assert!(narrowing(Some(&before), Some(&renamed), now).is_empty());
         let mut fenced = before.clone();
         fenced.ip_allowlist = crate::ip::IpAllowlist::parse(&["10.0.0.0/8".to_owned()]).unwrap();
         assert_eq!(
             narrowing(Some(&before), Some(&fenced), now),
-            Some((Kind::Changed, now))
+            vec![(Kind::Changed, now)]
         );
         // Enabling again widens: nothing to publish.
         let mut off = before.clone();
         off.enabled = false;
-        assert_eq!(narrowing(Some(&off), Some(&before), now), None);
+        assert!(narrowing(Some(&off), Some(&before), now).is_empty());
     }
 
     #[test]
-    fn entries_deny_only_older_records_and_only_from_their_time() {
+    fn entries_judge_only_older_records_and_only_from_their_time() {
         let mut feed = Feed::default();
-        feed.apply(FeedPage {
-            seq: 2,
-            entries: vec![
-                entry("0123456789abcdef", 3, 1_000, Kind::Revoked, 1),
-                entry("00000000000000aa", 5, 9_000, Kind::Expires, 2),
-            ],
-        });
+        feed.apply(
+            page(
+                2,
+                vec![
+                    entry("0123456789abcdef", 3, 1_000, Kind::Revoked, 1),
+                    entry("00000000000000aa", 5, 9_000, Kind::Expires, 2),
+                ],
+            ),
+            true,
+        );
         let mut r = sample("0123456789abcdef");
         r.version = 2;
-        assert_eq!(feed.denies(&r, at(999)), None, "not yet in effect");
-        assert_eq!(feed.denies(&r, at(1_000)), Some(Kind::Revoked));
+        assert_eq!(feed.verdict(&r, at(999)), Verdict::Current, "not yet in effect");
+        assert_eq!(feed.verdict(&r, at(1_000)), Verdict::Deny(Kind::Revoked));
         r.version = 3;
         assert_eq!(
-            feed.denies(&r, at(5_000)),
-            None,
-            "the record holds the change itself"
+            feed.verdict(&r, at(5_000)),
+            Verdict::Current,
+            "the record holds the change"
         );
         let mut other = sample("00000000000000aa");
         other.version = 4;
-        assert_eq!(feed.denies(&other, at(8_999)), None);
-        assert_eq!(feed.denies(&other, at(9_000)), Some(Kind::Expires));
-        assert_eq!(feed.denies(&sample("00000000000000bb"), at(9_000)), None);
-    }
-
-    #[test]
-    fn a_change_of_grants_asks_for_the_current_record() {
-        let mut feed = Feed::default();
-        feed.apply(FeedPage {
-            seq: 1,
-            entries: vec![entry("0123456789abcdef", 4, 1_000, Kind::Changed, 1)],
-        });
-        let mut r = sample("0123456789abcdef");
-        r.version = 3;
-        assert_eq!(feed.refresh_needed(&r, at(999)), None);
-        assert_eq!(feed.refresh_needed(&r, at(1_000)), Some(4));
-        r.version = 4;
-        assert_eq!(feed.refresh_needed(&r, at(1_000)), None, "already current");
-        let mut revoked = Feed::default();
-        revoked.apply(FeedPage {
-            seq: 1,
-            entries: vec![entry("0123456789abcdef", 5, 0, Kind::Revoked, 1)],
-        });
+        assert_eq!(feed.verdict(&other, at(8_999)), Verdict::Current);
+        assert_eq!(feed.verdict(&other, at(9_000)), Verdict::Stale(5));
+        assert_eq!(feed.refresh_needed(&other, at(9_000)), Some(5));
         assert_eq!(
-            revoked.refresh_needed(&r, at(1)),
-            None,
-            "a revocation just denies"
+            feed.verdict(&sample("00000000000000bb"), at(9_000)),
+            Verdict::Current
         );
     }
 
     #[test]
-    fn an_older_page_never_replaces_a_newer_copy() {
+    fn a_future_expiry_never_hides_an_earlier_change() {
+        // The red team's case: disable (v2), then a PATCH setting an expiry a month away (v3).
         let mut feed = Feed::default();
-        feed.apply(FeedPage {
-            seq: 5,
-            entries: vec![entry("0123456789abcdef", 3, 0, Kind::Disabled, 5)],
-        });
-        feed.apply(FeedPage {
-            seq: 4,
-            entries: vec![],
-        });
-        assert_eq!(feed.seq(), 5);
-        assert_eq!(feed.len(), 1);
-        // The newest version per key wins within a page.
-        feed.apply(FeedPage {
-            seq: 7,
-            entries: vec![
-                entry("0123456789abcdef", 3, 0, Kind::Disabled, 5),
-                entry("0123456789abcdef", 6, 0, Kind::Revoked, 7),
-            ],
-        });
+        feed.apply(
+            page(
+                2,
+                vec![
+                    entry("0123456789abcdef", 2, 1_000, Kind::Disabled, 1),
+                    entry("0123456789abcdef", 3, 9_000_000, Kind::Expires, 2),
+                ],
+            ),
+            true,
+        );
+        let r = sample("0123456789abcdef");
+        assert_eq!(feed.verdict(&r, at(1_000)), Verdict::Stale(2));
+        // One commit narrowing scopes with a later expiry: both entries, the change in effect.
+        feed.apply(
+            page(
+                4,
+                vec![
+                    entry("0123456789abcdef", 4, 9_000_000, Kind::Expires, 3),
+                    entry("0123456789abcdef", 4, 1_000, Kind::Changed, 4),
+                ],
+            ),
+            true,
+        );
+        assert_eq!(feed.verdict(&r, at(1_000)), Verdict::Stale(4));
+    }
+
+    #[test]
+    fn deletion_and_revocation_win_over_everything_and_newer_records_decide() {
+        let mut feed = Feed::default();
+        feed.apply(
+            page(
+                3,
+                vec![
+                    entry("0123456789abcdef", 2, 0, Kind::Changed, 1),
+                    entry("0123456789abcdef", 3, 0, Kind::Revoked, 2),
+                    entry("0123456789abcdef", 4, 0, Kind::Deleted, 3),
+                ],
+            ),
+            true,
+        );
         let mut r = sample("0123456789abcdef");
+        assert_eq!(
+            feed.verdict(&r, at(1)),
+            Verdict::Deny(Kind::Deleted),
+            "gone is gone"
+        );
+        r.version = 3;
+        assert_eq!(feed.verdict(&r, at(1)), Verdict::Deny(Kind::Deleted));
+        feed.apply(
+            page(
+                5,
+                vec![
+                    entry("0123456789abcdef", 2, 0, Kind::Changed, 1),
+                    entry("0123456789abcdef", 3, 0, Kind::Revoked, 2),
+                ],
+            ),
+            true,
+        );
+        r.version = 1;
+        assert_eq!(feed.verdict(&r, at(1)), Verdict::Deny(Kind::Revoked));
+        r.version = 3;
         r.version = 4;
-        assert_eq!(feed.denies(&r, at(1)), Some(Kind::Revoked));
+        assert_eq!(feed.verdict(&r, at(1)), Verdict::Current);
+        assert_eq!(feed.refresh_needed(&r, at(1)), None);
+    }
+
+    #[test]
+    fn an_older_cached_page_never_replaces_a_newer_copy() {
+        let mut feed = Feed::default();
+        feed.apply(
+            page(5, vec![entry("0123456789abcdef", 3, 0, Kind::Disabled, 5)]),
+            true,
+        );
+        feed.apply(page(4, vec![]), false);
+        assert_eq!((feed.seq(), feed.len()), (5, 1), "a stale cached page is ignored");
+        // The registry itself is followed even when its numbering went back.
+        feed.apply(page(1, vec![]), true);
+        assert_eq!((feed.seq(), feed.len()), (1, 0));
     }
 }

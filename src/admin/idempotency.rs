@@ -22,7 +22,8 @@ use super::seal::{open, seal};
 use super::{AdminContext, AdminRequest, AdminResult, Reply};
 
 /// `If-Match`: absent, `*`, or a list of entity tags one of which is the key's current
-/// `"<version>"` (weak tags compare by their value too). Anything else is `412`.
+/// `"<version>"`, compared strongly as RFC 9110 requires (a weak tag `W/"3"` never matches).
+/// Anything else, an empty header included, is `412`.
 pub(super) fn if_match<H: HeaderSource + ?Sized>(
     req: &AdminRequest<'_, H>,
     current: &KeyRecord,
@@ -32,12 +33,7 @@ pub(super) fn if_match<H: HeaderSource + ?Sized>(
     };
     let want = current.version.to_string();
     let matches = header.split(',').map(str::trim).any(|tag| {
-        tag == "*"
-            || tag
-                .trim_start_matches("W/")
-                .strip_prefix('"')
-                .and_then(|t| t.strip_suffix('"'))
-                == Some(want.as_str())
+        tag == "*" || tag.strip_prefix('"').and_then(|t| t.strip_suffix('"')) == Some(want.as_str())
     });
     if matches {
         Ok(())
@@ -108,6 +104,13 @@ impl<S: AdminStore> AdminContext<'_, S> {
                 return Err(idempotency_key_reused());
             }
             let reply = open_reply(token, &aad, &stored.sealed).ok_or_else(idempotency_key_unusable)?;
+            // Replayed only while the key it made is still there and within the caller's
+            // reach (an admin key narrowed since cannot read back a key it no longer reaches).
+            let made = reply
+                .body
+                .as_ref()
+                .and_then(|b| b.pointer("/record/id")?.as_str());
+            self.existing(actor, made.unwrap_or_default()).await?;
             return Ok(Reply {
                 status: reply.status,
                 body: reply.body,

@@ -112,6 +112,7 @@ impl<S: AdminStore> AdminContext<'_, S> {
         let record = self.records.put(record, self.now).await.map_err(store_error)?;
         self.audit(actor, AuditAction::KeyCreate, &record.id, req.client_ip, vec![]);
         ok(201, json!({"key": key.expose(), "record": record.view(self.now)}))
+            .map(|r| r.tagged(record.version))
     }
 
     /// A fresh key and the record built around its id and hash.
@@ -344,6 +345,7 @@ impl<S: AdminStore> AdminContext<'_, S> {
             201,
             json!({"key": key.expose(), "record": new_record.view(self.now)}),
         )
+        .map(|r| r.tagged(new_record.version))
     }
 
     /// Retire `old` in favour of the successor named in `retirement`. `Err`: this request

@@ -66,6 +66,8 @@ pub const MAX_PRINCIPAL_HEADER_BYTES: usize = 4096;
 pub const SCOPE_READ: &str = "admin:keys:read";
 pub const SCOPE_WRITE: &str = "admin:keys:write";
 pub const SCOPE_AUDIT: &str = "admin:audit:read";
+/// `GET /admin/registry`: the registry's own state, deployment-wide.
+pub const SCOPE_REGISTRY: &str = "admin:registry:read";
 
 /// An admin request, reduced to plain values by the edge.
 pub struct AdminRequest<'a, H: ?Sized> {

@@ -10,7 +10,7 @@ use crate::registry::AdminStore;
 use super::input::Query;
 use super::{
     AdminContext, AdminRequest, AdminResult, MIN_ADMIN_TOKEN_CHARS, Reply, SCOPE_AUDIT, SCOPE_READ,
-    SCOPE_WRITE, ok,
+    SCOPE_REGISTRY, SCOPE_WRITE, ok,
 };
 
 pub(super) enum Endpoint {
@@ -124,7 +124,7 @@ impl<S: AdminStore> AdminContext<'_, S> {
             }
             (Endpoint::Audit, _) => Err(method_not_allowed("GET")),
             (Endpoint::Registry, "GET") => {
-                actor.require(SCOPE_READ)?;
+                actor.require(SCOPE_REGISTRY)?;
                 self.registry_status()
             }
             (Endpoint::Registry, _) => Err(method_not_allowed("GET")),

@@ -38,6 +38,7 @@ pub(super) const RECORD_URL: &str = "https://registry.keygate.internal/record/";
 /// Replica writes one flush makes at most (a Durable Object invocation may make 1,000
 /// subrequests; the rest wait for the next flush, which the alarm schedules).
 const FLUSH_BATCH: usize = 100;
+const FLUSH_ROUNDS: usize = 5;
 /// Audit events per minute for denied admin attempts with unverified credentials.
 const UNVERIFIED_AUDITS_PER_MINUTE: u32 = 30;
 /// Retry delay of a failed replica write, doubled per failure up to a minute.
@@ -370,7 +371,9 @@ impl Registry {
             }
         };
         let mut failure = None;
-        loop {
+        // At most FLUSH_ROUNDS batches per invocation (its subrequests are limited); the alarm
+        // below takes the rest.
+        for _ in 0..FLUSH_ROUNDS {
             match registry.flush(&kv, FLUSH_BATCH).await {
                 Ok(n) if n < FLUSH_BATCH => break,
                 Ok(_) => continue,

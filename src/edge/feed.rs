@@ -5,9 +5,15 @@
 //! The cached copy is keyed by the current second, so no isolate ever uses one older than a
 //! second: a revocation reaches every isolate within `revocation_poll_ms` plus one second. When
 //! the registry cannot be reached, the last copy stays in force and validation goes on from KV.
+//!
+//! What the Cache API returns is trusted only with a valid MAC (HMAC-SHA-256 under a key derived
+//! from `ADMIN_TOKEN`): anything else that can write the zone's cache cannot plant a feed page or
+//! a record. Without `ADMIN_TOKEN`, the cache is not used and every isolate asks the registry.
 
 use std::cell::{Cell, RefCell};
 
+use hmac::{Hmac, Mac};
+use sha2::{Digest, Sha256};
 use worker::{Cache, Env, Headers, Response, console_error};
 
 use super::durable;
@@ -35,6 +41,46 @@ pub(super) fn invalidate() {
     BYPASS_CACHE.set(true);
 }
 
+const MAC_HEADER: &str = "x-keygate-mac";
+
+/// The key that seals this deployment's cache entries, if it has an admin token.
+fn mac_key(env: &Env) -> Option<[u8; 32]> {
+    let deployment = super::deployment(env).ok()?;
+    let token = deployment.admin_token.as_deref().filter(|t| !t.is_empty())?;
+    Some(Sha256::digest(format!("keygate-cache:{token}").as_bytes()).into())
+}
+
+fn mac(key: &[u8; 32], body: &str) -> Option<Hmac<Sha256>> {
+    let mut m = Hmac::<Sha256>::new_from_slice(key).ok()?;
+    m.update(body.as_bytes());
+    Some(m)
+}
+
+/// A cached body, if the cache holds one under `url` with this deployment's MAC.
+async fn cached(cache: &Cache, url: &str, key: &[u8; 32]) -> Option<String> {
+    let mut hit = cache.get(url, false).await.ok()??;
+    let tag = hex::decode(hit.headers().get(MAC_HEADER).ok()??).ok()?;
+    let body = hit.text().await.ok()?;
+    mac(key, &body)?.verify_slice(&tag).ok()?;
+    Some(body)
+}
+
+/// Best effort: without the cache, each isolate asks the registry itself.
+async fn remember(cache: &Cache, url: &str, key: &[u8; 32], body: String, max_age: u32) {
+    let Some(tag) = mac(key, &body).map(|m| hex::encode(m.finalize().into_bytes())) else {
+        return;
+    };
+    let headers = Headers::new();
+    let ok = headers.set("Content-Type", "application/json").is_ok()
+        && headers
+            .set("Cache-Control", &format!("max-age={max_age}"))
+            .is_ok()
+        && headers.set(MAC_HEADER, &tag).is_ok();
+    if let (true, Ok(response)) = (ok, Response::ok(body)) {
+        let _ = cache.put(url, response.with_headers(headers)).await;
+    }
+}
+
 fn cache_key(now: Timestamp) -> String {
     format!("{}?second={}", durable::FEED_URL, now.millis().div_euclid(1000))
 }
@@ -52,11 +98,13 @@ pub(super) async fn refresh(env: &Env, poll_ms: u32, now: Timestamp) {
     let bypass = BYPASS_CACHE.replace(false);
     let cache = Cache::default();
     let key = cache_key(now);
+    let sealing = mac_key(env);
     if !bypass
-        && let Ok(Some(mut hit)) = cache.get(key.as_str(), false).await
-        && let Ok(page) = hit.json::<FeedPage>().await
+        && let Some(k) = &sealing
+        && let Some(body) = cached(&cache, &key, k).await
+        && let Ok(page) = serde_json::from_str::<FeedPage>(&body)
     {
-        FEED.with(|f| f.borrow_mut().apply(page));
+        FEED.with(|f| f.borrow_mut().apply(page, false));
         return;
     }
     let page = match fetch(env).await {
@@ -72,21 +120,10 @@ pub(super) async fn refresh(env: &Env, poll_ms: u32, now: Timestamp) {
             return;
         }
     };
-    if let Ok(text) = serde_json::to_string(&page)
-        && let Ok(headers) = cached_headers()
-        && let Ok(response) = Response::ok(text)
-    {
-        // Best effort: without the cache, each isolate asks the registry itself.
-        let _ = cache.put(key.as_str(), response.with_headers(headers)).await;
+    if let (Some(k), Ok(text)) = (&sealing, serde_json::to_string(&page)) {
+        remember(&cache, &key, k, text, 1).await;
     }
-    FEED.with(|f| f.borrow_mut().apply(page));
-}
-
-fn cached_headers() -> worker::Result<Headers> {
-    let headers = Headers::new();
-    headers.set("Content-Type", "application/json")?;
-    headers.set("Cache-Control", "max-age=1")?;
-    Ok(headers)
+    FEED.with(|f| f.borrow_mut().apply(page, true));
 }
 
 async fn fetch(env: &Env) -> Result<FeedPage, String> {
@@ -97,8 +134,8 @@ async fn fetch(env: &Env) -> Result<FeedPage, String> {
     response.json::<FeedPage>().await.map_err(|e| e.to_string())
 }
 
-/// A key's current record from the registry, for a record the feed says predates a change of
-/// its grants. Through the Cache API, keyed by the version wanted, so a location asks the
+/// A key's current record from the registry, for a record the feed says predates a change in
+/// effect (disabled, expired, grants changed). Through the Cache API, keyed by the version wanted, so a location asks the
 /// registry once per change. Cached in this isolate too. Any failure is a store error: the
 /// decision then fails closed.
 pub(super) async fn current_record(
@@ -112,9 +149,14 @@ pub(super) async fn current_record(
     let store_error = |e: String| LookupError::Store(StoreError(e));
     let key = format!("{}{id}?version={version}", durable::RECORD_URL);
     let edge_cache = Cache::default();
-    let text = match edge_cache.get(key.as_str(), false).await {
-        Ok(Some(mut hit)) => hit.text().await.map_err(|e| store_error(e.to_string()))?,
-        _ => {
+    let sealing = mac_key(env);
+    let hit = match &sealing {
+        Some(k) => cached(&edge_cache, &key, k).await,
+        None => None,
+    };
+    let text = match hit {
+        Some(text) => text,
+        None => {
             let mut response = durable::fetch_record(env, id)
                 .await
                 .map_err(|e| store_error(e.to_string()))?;
@@ -137,21 +179,12 @@ pub(super) async fn current_record(
     if record.version < version {
         return Err(store_error("the registry's record is older than its feed".into()));
     }
-    if let Ok(headers) = record_headers()
-        && let Ok(response) = Response::ok(text)
-    {
-        let _ = edge_cache.put(key.as_str(), response.with_headers(headers)).await;
+    if let Some(k) = &sealing {
+        // A record at a given version never changes; a minute is plenty (the feed keeps the
+        // entry far longer).
+        remember(&edge_cache, &key, k, text, 60).await;
     }
     let record = std::rc::Rc::new(record);
     let cached = cache.borrow_mut().insert(id.clone(), Some(record.clone()), now);
     Ok(cached.or(Some(record)))
-}
-
-/// A record at a given version never changes; a minute in the cache is plenty (the feed keeps
-/// the entry far longer).
-fn record_headers() -> worker::Result<Headers> {
-    let headers = Headers::new();
-    headers.set("Content-Type", "application/json")?;
-    headers.set("Cache-Control", "max-age=60")?;
-    Ok(headers)
 }

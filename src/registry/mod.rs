@@ -14,7 +14,8 @@
 //! also, from the same before/after pair:
 //! - bumps nothing by itself: the writer sets `version` to the stored version plus one, and a
 //!   write built on a stale read is refused ([`StoreError`], so never a lost update);
-//! - appends a revocation-feed entry when the change narrows the key ([`revocation::narrowing`]);
+//! - appends a revocation-feed entry for each way the change narrows the key
+//!   ([`revocation::narrowing`]), replacing the key's older entry of the same kind;
 //! - queues the KV replica write (`outbox`), which [`SqlRegistry::flush`] performs later.
 //!
 //! ## Tables
@@ -98,7 +99,8 @@ const SCHEMA: &[&str] = &[
     "CREATE TABLE IF NOT EXISTS facts (k TEXT PRIMARY KEY, v TEXT NOT NULL)",
     "CREATE TABLE IF NOT EXISTS audit (seq INTEGER PRIMARY KEY AUTOINCREMENT, at INTEGER NOT NULL, key_id TEXT, actor TEXT NOT NULL, expires_at INTEGER, json TEXT NOT NULL)",
     "CREATE INDEX IF NOT EXISTS audit_by_key ON audit (key_id, seq)",
-    "CREATE TABLE IF NOT EXISTS revocations (seq INTEGER PRIMARY KEY AUTOINCREMENT, key_id TEXT NOT NULL, at INTEGER NOT NULL, version INTEGER NOT NULL, kind TEXT NOT NULL)",
+    "CREATE TABLE IF NOT EXISTS revocations (seq INTEGER PRIMARY KEY AUTOINCREMENT, key_id TEXT NOT NULL, at INTEGER NOT NULL, version INTEGER NOT NULL, kind TEXT NOT NULL, created INTEGER NOT NULL)",
+    "CREATE INDEX IF NOT EXISTS revocations_by_key ON revocations (key_id, kind)",
     "CREATE TABLE IF NOT EXISTS outbox (k TEXT PRIMARY KEY, version INTEGER NOT NULL, since INTEGER NOT NULL, attempts INTEGER NOT NULL DEFAULT 0)",
     "CREATE TABLE IF NOT EXISTS idempotency (scope TEXT NOT NULL, k TEXT NOT NULL, fingerprint TEXT NOT NULL, sealed TEXT NOT NULL, expires_at INTEGER NOT NULL, PRIMARY KEY (scope, k))",
     "CREATE TABLE IF NOT EXISTS meta (k TEXT PRIMARY KEY, v TEXT NOT NULL)",
@@ -294,16 +296,21 @@ impl<D: SqlDb> SqlRegistry<D> {
                     base.saturating_add(1)
                 }
             };
-            if let Some((kind, at)) =
-                revocation::narrowing(before_record.as_ref(), after_record.as_ref(), now)
-            {
+            for (kind, at) in revocation::narrowing(before_record.as_ref(), after_record.as_ref(), now) {
+                // A newer entry of the same kind supersedes an older one (a record at the newer
+                // version holds both changes), so a key has at most one entry per kind.
                 self.db.exec(
-                    "INSERT INTO revocations (key_id, at, version, kind) VALUES (?1, ?2, ?3, ?4)",
+                    "DELETE FROM revocations WHERE key_id = ?1 AND kind = ?2",
+                    &[id.as_str().into(), kind.as_str().into()],
+                )?;
+                self.db.exec(
+                    "INSERT INTO revocations (key_id, at, version, kind, created) VALUES (?1, ?2, ?3, ?4, ?5)",
                     &[
                         id.as_str().into(),
                         at.millis().into(),
                         to_i64(version).into(),
                         kind.as_str().into(),
+                        now.millis().into(),
                     ],
                 )?;
             }
@@ -368,7 +375,7 @@ impl<D: SqlDb> SqlRegistry<D> {
         self.db
             .exec("DELETE FROM idempotency WHERE expires_at <= ?1", &[t.into()])?;
         self.db.exec(
-            "DELETE FROM revocations WHERE at < ?1 AND ('key:' || key_id) NOT IN (SELECT k FROM outbox)",
+            "DELETE FROM revocations WHERE created < ?1 AND ('key:' || key_id) NOT IN (SELECT k FROM outbox)",
             &[t.saturating_sub(RETENTION_MS).into()],
         )?;
         Ok(())
@@ -423,7 +430,8 @@ impl<D: SqlDb> SqlRegistry<D> {
     }
 
     /// Import the records a KV-only deployment left (`key:*`, with their lifecycle facts
-    /// applied; deleted keys stay out), once. Records the registry already holds win. Returns how
+    /// applied, at version 1; deleted keys stay out and are removed from KV; records that do not
+    /// parse stay in KV, failing closed), once. Records the registry already holds win. Returns how
     /// many it imported.
     pub async fn import_from<K: KvStore>(&self, kv: &K, now: Timestamp) -> Result<usize, StoreError> {
         let cache = RefCell::new(crate::cache::RecordCache::new(1, 0, 0, 0));
@@ -444,13 +452,31 @@ impl<D: SqlDb> SqlRegistry<D> {
                     continue;
                 };
                 let life = old.lifecycle(&id).await?;
-                if life.deleted || record.id != id {
+                if record.id != id {
+                    continue;
+                }
+                if life.deleted {
+                    // Deleted in the KV era, its record left behind: the registry does not hold
+                    // it, and the replica loses it at the next flush.
+                    self.db.exec(
+                        "INSERT INTO outbox (k, version, since) VALUES (?1, 0, ?2) ON CONFLICT (k) DO NOTHING",
+                        &[k.as_str().into(), now.millis().into()],
+                    )?;
                     continue;
                 }
                 life.apply(&mut record);
-                record.version = record.version.max(1);
+                // The registry numbers versions from here (whatever the KV record claimed).
+                record.version = 1;
                 let json = serde_json::to_string(&record).map_err(|e| err(e.to_string()))?;
                 let rows = self.write_record(&record, &json, false)?;
+                if !rows.is_empty() {
+                    // The replica gets the registry's numbering too, or the feed could not
+                    // compare its versions with the KV-era record.
+                    self.db.exec(
+                        "INSERT INTO outbox (k, version, since) VALUES (?1, 1, ?2) ON CONFLICT (k) DO NOTHING",
+                        &[k.as_str().into(), now.millis().into()],
+                    )?;
+                }
                 imported += rows.len();
             }
             match page.cursor {
@@ -660,7 +686,7 @@ impl<D: SqlDb> AdminStore for SqlRegistry<D> {
             .and_then(|r| r.first().and_then(SqlValue::int))
             .unwrap_or(0);
         let rows = self.db.exec(
-            "SELECT seq, key_id, at, version, kind FROM revocations WHERE at >= ?1 OR ('key:' || key_id) IN (SELECT k FROM outbox) ORDER BY seq",
+            "SELECT seq, key_id, at, version, kind FROM revocations WHERE created >= ?1 OR ('key:' || key_id) IN (SELECT k FROM outbox) ORDER BY seq",
             &[now.millis().saturating_sub(RETENTION_MS).into()],
         )?;
         let mut entries = Vec::with_capacity(rows.len());

@@ -324,7 +324,8 @@ fn import_takes_kv_records_with_their_facts_once() {
     let kv = MemoryStore::new();
     block_on(async {
         let mut live = sample("00000000000000b1");
-        live.version = 0;
+        // A KV record claiming a version no JavaScript number holds exactly.
+        live.version = u64::MAX;
         kv.put("key:00000000000000b1", &serde_json::to_string(&live).unwrap())
             .await
             .unwrap();
@@ -354,6 +355,16 @@ fn import_takes_kv_records_with_their_facts_once() {
     let got = get(&r, "00000000000000b1").unwrap();
     assert_eq!((got.version, got.revoked_at), (1, Some(at(5))));
     assert!(get(&r, "00000000000000b2").is_none(), "deleted keys stay out");
+    // ...and leave the replica at the next flush; the unparsable record stays there.
+    block_on(r.flush(&kv, 10)).unwrap();
+    let left: Vec<String> = kv
+        .snapshot()
+        .into_keys()
+        .filter(|k| k.starts_with("key:"))
+        .collect();
+    assert_eq!(left, ["key:00000000000000b1", "key:00000000000000b3"]);
+    let replica: KeyRecord = serde_json::from_str(&kv.snapshot()["key:00000000000000b1"]).unwrap();
+    assert_eq!(replica.version, 1, "the replica carries the registry's version");
     assert_eq!(block_on(r.import_from(&kv, at(9))).unwrap(), 0, "never twice");
 }
 

@@ -154,7 +154,7 @@ impl<S: KvStore> World<S> {
                         .unwrap()
                         .map(|j| Rc::new(serde_json::from_str(&j).unwrap())));
                 }
-                let known = Known::new(record).with_feed(&feed, &id);
+                let known = Known::new(record).with_feed(&feed, self.now);
                 self.gateway.finish(pending, known, self.now).0
             }
         }
@@ -163,7 +163,7 @@ impl<S: KvStore> World<S> {
     /// The revocation feed as an isolate would hold it right now.
     pub fn feed(&self) -> keygate::revocation::Feed {
         let mut feed = keygate::revocation::Feed::default();
-        feed.apply(self.registry.feed(self.now).unwrap());
+        feed.apply(self.registry.feed(self.now).unwrap(), true);
         feed
     }
 

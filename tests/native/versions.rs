@@ -118,10 +118,22 @@ fn if_match_guards_every_write() {
     assert_eq!(w.keys_state(), before, "a refused write wrote something");
     assert_eq!(registry_name(&w, &id), "two");
 
-    // A list holding the current version, a weak tag, and `*` all match.
+    // Strong comparison: a weak tag, or an empty header, never matches.
+    for tag in ["W/\"2\"", ""] {
+        let e = w
+            .admin_with_headers(
+                "PATCH",
+                &path,
+                Some(json!({"name": "weak"})),
+                &[("if-match", tag)],
+            )
+            .unwrap_err();
+        assert_eq!((e.status, e.code), (412, "version_mismatch"), "{tag:?}");
+    }
+    // A list holding the current version, and `*`, match.
     for (tag, name, version) in [
         ("\"7\", \"2\"", "three", 3),
-        ("W/\"3\"", "four", 4),
+        ("\"3\"", "four", 4),
         ("*", "five", 5),
     ] {
         let r = w
@@ -351,7 +363,7 @@ fn a_revocation_denies_at_once_through_the_feed_despite_the_cache() {
     let cached = w.cache.borrow_mut().get(&kid, w.now).unwrap().unwrap();
     assert!(cached.revoked_at.is_none() && cached.version == 1);
     // ...and the decision denies anyway.
-    let entry = w.feed().entry(&kid).cloned().unwrap();
+    let entry = w.feed().entries(&kid).last().cloned().unwrap();
     assert_eq!(
         (entry.kind, entry.version),
         (keygate::revocation::Kind::Revoked, 2)
@@ -388,11 +400,12 @@ fn the_feed_denies_disable_and_delete_but_never_overrides_a_newer_record() {
         "the feed denies the cached record"
     );
     w.admin("PATCH", &path, Some(json!({"enabled": true}))).unwrap();
-    // The cache still holds version 1 and the feed still says "older than 2 is disabled".
+    // The cache still holds version 1, which the feed says is stale ("disabled at 2"): it is
+    // not used; the registry's current record (version 3, enabled again) decides at once.
     assert_eq!(
         denial(&w, &key),
-        Some(Denial::DisabledKey),
-        "the stale cached record must not pass"
+        None,
+        "the current record decides, not the stale cached one"
     );
     // Once the cache entry expires the record (version 3, enabled) is read from KV: the
     // feed's entry is older than it, so the key works again.
@@ -432,7 +445,7 @@ fn narrowed_grants_apply_at_once_from_the_registrys_record() {
     let kid = keygate::key::KeyId::parse(&id).unwrap();
     let cached = w.cache.borrow_mut().get(&kid, w.now).unwrap().unwrap();
     assert_eq!(cached.version, 1, "the cache still grants license:read");
-    let entry = w.feed().entry(&kid).cloned().unwrap();
+    let entry = w.feed().entries(&kid).last().cloned().unwrap();
     assert_eq!(
         (entry.kind, entry.version),
         (keygate::revocation::Kind::Changed, 2)
@@ -441,7 +454,7 @@ fn narrowed_grants_apply_at_once_from_the_registrys_record() {
     assert!(matches!(denial(&w, &key), Some(Denial::InsufficientScope { .. })));
     // A stale record that cannot be refreshed is never used: fail closed.
     let feed = w.feed();
-    let known = keygate::decide::Known::new(Ok(Some(cached))).with_feed(&feed, &kid);
+    let known = keygate::decide::Known::new(Ok(Some(cached))).with_feed(&feed, w.now);
     let headers = vec![("x-api-key".to_owned(), key.clone())];
     let facts = keygate::decide::RequestFacts {
         method: "GET",
@@ -458,5 +471,67 @@ fn narrowed_grants_apply_at_once_from_the_registrys_record() {
     assert_eq!(
         w.gateway.finish(pending, known, w.now).0,
         Decision::Deny(Denial::StoreUnavailable)
+    );
+}
+
+#[test]
+fn a_later_expiry_in_the_same_or_a_later_write_never_hides_a_narrowing() {
+    // The red team's cases: one PATCH narrowing scopes with a later expiry; a disable followed by
+    // a PATCH of the expiry; a narrowing followed by a rotation with grace.
+    for case in 0..3 {
+        let w = World::new();
+        let (key, rec) = w.issue(json!({"name": "x", "scopes": ["license:read", "other:read"]}));
+        let path = format!("/admin/keys/{}", rec["id"].as_str().unwrap());
+        assert_eq!(denial(&w, &key), None, "case {case}: warm");
+        let want = match case {
+            0 => {
+                w.admin(
+                    "PATCH",
+                    &path,
+                    Some(json!({"scopes": ["other:read"], "expires_in": "30d"})),
+                )
+                .unwrap();
+                "insufficient_scope"
+            }
+            1 => {
+                w.admin("PATCH", &path, Some(json!({"enabled": false}))).unwrap();
+                w.admin("PATCH", &path, Some(json!({"expires_in": "30d"})))
+                    .unwrap();
+                "disabled_key"
+            }
+            _ => {
+                w.admin("PATCH", &path, Some(json!({"scopes": ["other:read"]})))
+                    .unwrap();
+                w.admin("POST", &format!("{path}/rotate"), Some(json!({"grace": "1h"})))
+                    .unwrap();
+                "insufficient_scope"
+            }
+        };
+        let got = denial(&w, &key).map(|d| Problem::from_denial(&d, "keygate").code);
+        assert_eq!(got, Some(want), "case {case}: the cached record must not pass");
+    }
+}
+
+#[test]
+fn a_replay_needs_the_key_it_made_to_still_be_there() {
+    let w = World::new();
+    let body = json!({"name": "gone", "scopes": ["a"]});
+    let first = w
+        .admin_with_headers(
+            "POST",
+            "/admin/keys",
+            Some(body.clone()),
+            &[("idempotency-key", "g-1")],
+        )
+        .unwrap();
+    let id = first.body.unwrap()["record"]["id"].as_str().unwrap().to_owned();
+    w.admin("DELETE", &format!("/admin/keys/{id}"), None).unwrap();
+    let e = w
+        .admin_with_headers("POST", "/admin/keys", Some(body), &[("idempotency-key", "g-1")])
+        .unwrap_err();
+    assert_eq!(
+        (e.status, e.code),
+        (404, "key_not_found"),
+        "no secret of a deleted key"
     );
 }
