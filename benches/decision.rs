@@ -224,7 +224,11 @@ fn decision(c: &mut Criterion) {
     let policy = policy();
     let key = ApiKey::generate(&policy.key_prefix, Environment::Live).unwrap();
     let rec = record(&key, &hasher);
-    let gateway = Gateway { policy, hasher };
+    let gateway = Gateway {
+        policy,
+        hasher,
+        tokens: None,
+    };
 
     let store = MemoryStore::new();
     let warm_cache = RefCell::new(RecordCache::new(1024, 1024, 60, 5));

@@ -15,6 +15,11 @@ if [ ! -f .dev.vars ]; then
   printf 'ADMIN_TOKEN=%s\n' "$(od -An -N32 -tx1 /dev/urandom | tr -d ' \n')" > .dev.vars
   log "created .dev.vars with a random ADMIN_TOKEN"
 fi
+if ! grep -q '^TOKEN_SIGNING_KEY=' .dev.vars; then
+  # An Ed25519 seed (32 random bytes, base64url) for the access tokens of POST /oauth/token.
+  printf 'TOKEN_SIGNING_KEY=%s\n' "$(head -c 32 /dev/urandom | base64 | tr '+/' '-_' | tr -d '=\n')" >> .dev.vars
+  log "added a random TOKEN_SIGNING_KEY to .dev.vars"
+fi
 ADMIN_TOKEN=$(sed -n 's/^ADMIN_TOKEN=//p' .dev.vars)
 
 pids=()

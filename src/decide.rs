@@ -23,10 +23,11 @@ use crate::key::{ApiKey, Environment, HashError, KeyHasher, KeyId, holds_key};
 use crate::path::{self, CanonicalPath};
 use crate::policy::{Cors, DefaultAction, Policy, Route};
 use crate::record::{KeyRecord, Status};
-use crate::revocation::{Kind, Verdict};
+use crate::revocation::{Feed, Kind, Verdict};
 use crate::scope::ScopeTemplate;
 use crate::store::{KvStore, LookupError, Records};
 use crate::time::Timestamp;
+use crate::token::{ACCESS_TYP, AccessClaims, TokenKeys, looks_like_jwt};
 
 /// What the edge knows about a request, already reduced to plain values.
 pub struct RequestFacts<'a, H: ?Sized> {
@@ -68,6 +69,10 @@ pub enum Denial {
     MalformedKey,
     AmbiguousKey,
     InvalidKey,
+    /// An access token that fails its signature, type, key id or claims, or whose key changed
+    /// (per the revocation feed) since it was issued.
+    InvalidToken,
+    ExpiredToken,
     ExpiredKey,
     RevokedKey,
     DisabledKey,
@@ -138,6 +143,8 @@ pub enum Decision {
 pub struct Gateway {
     pub policy: Policy,
     pub hasher: KeyHasher,
+    /// `TOKEN_SIGNING_KEY`: signs and checks access tokens and assertions. `None`: no tokens.
+    pub tokens: Option<TokenKeys>,
 }
 
 /// What the decision learned on the way, for the log line of a denial: the index of the matched
@@ -255,7 +262,7 @@ impl Gateway {
         now: Timestamp,
         trace: &Trace,
     ) -> Decision {
-        let (decision, learned) = match self.start(req) {
+        let (decision, learned) = match self.start(req, now, &Feed::default()) {
             Step::Done(decision, learned) => (decision, learned),
             Step::NeedRecord(pending) => {
                 let record = records.get(pending.key_id(), now).await;
@@ -268,10 +275,17 @@ impl Gateway {
 
     /// The first step, with no I/O: every check that needs no key record (hop header, route
     /// mode host, canonical path, body, CORS preflight, route match, route IP allowlist,
-    /// credential extraction and parse). Either a decision, or the record it needs.
-    pub fn start<'g, 'r, H: HeaderSource + ?Sized>(&'g self, req: &RequestFacts<'r, H>) -> Step<'g, 'r> {
+    /// credential extraction and parse). Either a decision, or the record it needs. An access
+    /// token is decided here entirely, with no record: signature, time, the revocation `feed`
+    /// (which holds entries of its key), then the route's checks on its claims.
+    pub fn start<'g, 'r, H: HeaderSource + ?Sized>(
+        &'g self,
+        req: &RequestFacts<'r, H>,
+        now: Timestamp,
+        feed: &Feed,
+    ) -> Step<'g, 'r> {
         let trace = Trace::default();
-        let decision = match self.check(req, &trace) {
+        let decision = match self.check(req, &trace, now, feed) {
             Ok(Checked::NeedRecord(pending)) => return Step::NeedRecord(pending),
             Ok(Checked::Forward(f)) => Decision::Forward(f),
             Ok(Checked::Preflight(h)) => Decision::Preflight(h),
@@ -426,6 +440,8 @@ impl Gateway {
         &'g self,
         req: &RequestFacts<'r, H>,
         trace: &Trace,
+        now: Timestamp,
+        feed: &Feed,
     ) -> Result<Checked<'g, 'r>, Denial> {
         let canonical = self.canonical(req)?;
         if let Some(answer) = self.preflight(req, &canonical) {
@@ -454,6 +470,22 @@ impl Gateway {
             return unauthenticated(canonical);
         }
         let (credential, found) = credential::extract(&self.policy.credentials, req.headers, req.query);
+        if let Ok(c) = &credential
+            && looks_like_jwt(c)
+            && let Some(keys) = &self.tokens
+        {
+            let record = Rc::new(self.token_record(keys, c, now, feed)?);
+            *trace.key_id.borrow_mut() = Some(record.id.clone());
+            let segments = canonical.matched();
+            let param = |name: &str| route.pattern.param(name, segments);
+            let tenant = authorize(route, param, &record, req.client_ip)?;
+            return Ok(Checked::Forward(Forward {
+                path: canonical.encoded(self.policy.path_rules),
+                sunset: None,
+                principal: Some(Principal { record, tenant }),
+                credential: found,
+            }));
+        }
         let auth = self.authenticate_start(credential)?;
         Ok(Checked::NeedRecord(Pending {
             auth,
@@ -462,6 +494,58 @@ impl Gateway {
             credential: found,
             client_ip: req.client_ip,
         }))
+    }
+
+    /// An access token as the record its claims describe (no store): the signature and type,
+    /// its time, the revocation feed (any change to its key since the token was issued ends it:
+    /// a revoked, disabled, deleted or narrowed key's tokens stop within the feed's bound), and
+    /// its claims. The record has no hash and is never stored.
+    pub fn token_record(
+        &self,
+        keys: &TokenKeys,
+        token: &str,
+        now: Timestamp,
+        feed: &Feed,
+    ) -> Result<KeyRecord, Denial> {
+        let claims: AccessClaims = keys.verify(token, ACCESS_TYP).map_err(|_| Denial::InvalidToken)?;
+        claims.check_time(now).map_err(|e| match e {
+            crate::token::TokenError::Expired => Denial::ExpiredToken,
+            _ => Denial::InvalidToken,
+        })?;
+        if claims.iss != self.policy.tokens.issuer || claims.client_id != claims.sub {
+            return Err(Denial::InvalidToken);
+        }
+        let scopes = claims.grants().map_err(|_| Denial::InvalidToken)?;
+        let issued = Timestamp::from_millis(claims.iat.saturating_mul(1000));
+        let record = KeyRecord {
+            id: claims.sub,
+            name: String::new(),
+            tag: String::new(),
+            description: None,
+            group: None,
+            environment: claims.environment,
+            scopes,
+            ip_allowlist: claims.ip_allowlist,
+            tenants: claims.tenants,
+            metadata: serde_json::Map::new(),
+            created_at: issued,
+            updated_at: issued,
+            expires_at: Some(Timestamp::from_millis(claims.exp.saturating_mul(1000))),
+            enabled: true,
+            revoked_at: None,
+            revoke_reason: None,
+            rotated_from: None,
+            rotated_to: None,
+            hash_version: crate::key::HashVersion::Sha256,
+            hash: String::new(),
+            version: claims.ver,
+        };
+        match feed.verdict(&record, now) {
+            Verdict::Current => Ok(record),
+            Verdict::Deny(Kind::Deleted) => Err(Denial::InvalidKey),
+            Verdict::Deny(_) => Err(Denial::RevokedKey),
+            Verdict::Stale(_) => Err(Denial::InvalidToken),
+        }
     }
 
     /// From a credential string to a live record: shape and checksum, lookup, constant-time hash

@@ -27,6 +27,7 @@ use worker::{
 
 mod durable;
 mod feed;
+mod tokens;
 
 /// The gateway and where it forwards, built once per isolate from the env.
 struct Deployment {
@@ -69,8 +70,17 @@ fn deployment(env: &Env) -> Result<Rc<Deployment>, String> {
                 let target = Target::from_config(origin.as_deref(), &policy)?;
                 let pepper = env.secret("KEY_PEPPER").ok().map(|s| s.to_string());
                 let hasher = KeyHasher::from_secret(pepper.as_deref())?;
+                // Unset or empty: no tokens. Set but invalid: fail closed (500, reason logged).
+                let tokens = match env.secret("TOKEN_SIGNING_KEY").map(|s| s.to_string()) {
+                    Ok(s) if !s.is_empty() => Some(crate::token::TokenKeys::from_secret(&s)?),
+                    _ => None,
+                };
                 Ok(Rc::new(Deployment {
-                    gateway: Gateway { policy, hasher },
+                    gateway: Gateway {
+                        policy,
+                        hasher,
+                        tokens,
+                    },
                     target,
                     admin_token: env.secret("ADMIN_TOKEN").ok().map(|s| s.to_string()),
                 }))
@@ -329,6 +339,12 @@ async fn handle(req: Request, env: &Env, request_id: &str) -> worker::Result<Res
         );
     }
     let cache = cache(policy);
+    // The gateway's own token endpoints, outside the route policy and the admin fence.
+    match raw_path.as_str() {
+        "/oauth/token" => return tokens::token_endpoint(req, env, &deployment, &ctx, &cache).await,
+        "/.well-known/jwks.json" => return tokens::jwks(&deployment, &ctx),
+        _ => {}
+    }
     // The admin API: `/admin/...` as sent (its handlers validate every segment themselves), or
     // any path whose canonical form starts with `admin`, so `/%61dmin/keys` is `/admin/keys`.
     let admin_path = if raw_path == "/admin" || raw_path.starts_with("/admin/") {
@@ -379,18 +395,13 @@ async fn handle(req: Request, env: &Env, request_id: &str) -> worker::Result<Res
     // The decision's two pure steps; the one I/O between them is the record lookup (this
     // isolate's cache, then KV), and only for a request that presents a well-formed key.
     let now = now();
-    let (decision, trace) = match gateway.start(&facts) {
+    // The revocation feed, at most once per `revocation_poll_ms` per isolate: tokens are
+    // checked against it in the first step, key records in the second.
+    feed::refresh(env, policy.revocation_poll_ms, now).await;
+    let (decision, trace) = match feed::with(|f| gateway.start(&facts, now, f)) {
         Step::Done(decision, trace) => (decision, trace),
         Step::NeedRecord(pending) => {
-            // The revocation feed, at most once per `revocation_poll_ms` per isolate.
-            feed::refresh(env, policy.revocation_poll_ms, now).await;
-            let mut record = records.get(pending.key_id(), now).await;
-            // A record older than a change in effect: the current one, from the registry.
-            if let Ok(Some(r)) = &record
-                && let Some(version) = feed::with(|f| f.refresh_needed(r, now))
-            {
-                record = feed::current_record(env, &cache, pending.key_id(), version, now).await;
-            }
+            let record = lookup(env, &records, pending.key_id(), now).await;
             let known = feed::with(|f| Known::new(record).with_feed(f, now));
             gateway.finish(pending, known, now)
         }
@@ -466,6 +477,15 @@ async fn forward(
             headers.append(&name, &value)?;
         }
     }
+    // The signed principal: the origin can verify with the JWKS that this came through here.
+    if let (true, Some(keys), Some(principal)) = (
+        policy.tokens.assertion,
+        &deployment.gateway.tokens,
+        f.principal.as_ref(),
+    ) && let Some(jwt) = crate::forward::assertion(keys, policy, principal, ctx.method, &f.path, now())
+    {
+        headers.set("X-Key-Assertion", &jwt)?;
+    }
     // The origin can log the same id as the gateway, and knows the scheme the client used.
     headers.set("X-Request-Id", ctx.request_id)?;
     headers.set("X-Forwarded-Proto", scheme)?;
@@ -506,6 +526,24 @@ async fn forward(
 
 /// Reads at most `MAX_BODY + 1` bytes of a body, however it arrives (chunked included).
 /// `Err` is the problem to answer: 413 over the limit, 400 when the body cannot be read.
+/// A key's record for the decision's second step: this isolate's cache, then KV; and when the
+/// revocation feed says that copy predates a change in effect, the current one from the
+/// registry.
+async fn lookup(
+    env: &Env,
+    records: &Records<'_, Kv>,
+    id: &crate::key::KeyId,
+    now: Timestamp,
+) -> Result<Option<Rc<crate::record::KeyRecord>>, store::LookupError> {
+    let record = records.get(id, now).await;
+    if let Ok(Some(r)) = &record
+        && let Some(version) = feed::with(|f| f.refresh_needed(r, now))
+    {
+        return feed::current_record(env, records.cache, id, version, now).await;
+    }
+    record
+}
+
 async fn bounded_body(req: &mut Request) -> Result<Vec<u8>, Problem> {
     let too_big = || {
         Problem::new(

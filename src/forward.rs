@@ -199,6 +199,46 @@ pub fn outbound_headers(
     out
 }
 
+/// The signed principal for the origin (`X-Key-Assertion`): a 60-second JWT with the token
+/// claims of the caller's key (or token), its `metadata`, and the request's method and path
+/// (`htm`, `htu`), so an origin can check with the JWKS that a request came through the gateway
+/// and what it was allowed.
+pub fn assertion(
+    keys: &crate::token::TokenKeys,
+    policy: &Policy,
+    principal: &crate::decide::Principal,
+    method: &str,
+    path: &str,
+    now: crate::time::Timestamp,
+) -> Option<String> {
+    let record = &principal.record;
+    let now_s = now.millis().div_euclid(1000);
+    let claims = crate::token::AccessClaims {
+        iss: policy.tokens.issuer.clone(),
+        sub: record.id.clone(),
+        aud: policy.tokens.audience.clone(),
+        exp: now_s.saturating_add(ASSERTION_SECONDS),
+        iat: now_s,
+        jti: crate::key::random_hex(8).ok()?,
+        scope: principal.scopes_header().replace(',', " "),
+        client_id: record.id.clone(),
+        environment: record.environment,
+        tenants: principal
+            .tenant
+            .clone()
+            .map_or_else(|| record.tenants.clone(), |t| vec![t]),
+        ip_allowlist: record.ip_allowlist.clone(),
+        ver: record.version,
+        htm: Some(method.to_owned()),
+        htu: Some(path.to_owned()),
+        metadata: (!record.metadata.is_empty()).then(|| record.metadata.clone()),
+    };
+    keys.sign(crate::token::ASSERTION_TYP, &claims).ok()
+}
+
+/// How long an assertion is good for.
+pub const ASSERTION_SECONDS: i64 = 60;
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -10,6 +10,7 @@ pub mod forward;
 pub mod ip;
 pub mod key;
 pub mod log;
+pub mod oauth;
 pub mod openapi;
 pub mod path;
 pub mod policy;
@@ -20,6 +21,7 @@ pub mod revocation;
 pub mod scope;
 pub mod store;
 pub mod time;
+pub mod token;
 
 #[cfg(target_arch = "wasm32")]
 mod edge;

@@ -57,7 +57,18 @@ struct PolicyDoc {
     #[serde(default)]
     admin: AdminDoc,
     #[serde(default)]
+    tokens: TokensDoc,
+    #[serde(default)]
     routes: Vec<RouteDoc>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct TokensDoc {
+    ttl_seconds: Option<u32>,
+    issuer: Option<String>,
+    audience: Option<String>,
+    assertion: Option<bool>,
 }
 
 #[derive(Deserialize, Default)]
@@ -147,6 +158,7 @@ pub struct Policy {
     pub realm: String,
     pub path_rules: PathRules,
     pub forwarding: Forwarding,
+    pub tokens: TokenPolicy,
     /// Route mode: the worker runs on a Cloudflare route in front of its own origin, and serves
     /// only these hostnames (lowercase; `host:port` for a non-default port). `None`: forward to
     /// the `ORIGIN` var.
@@ -163,6 +175,19 @@ pub struct Forwarding {
     pub strip_headers: Vec<String>,
     /// Keep the client's own `X-Forwarded-For`, `X-Real-IP` and `Forwarded`.
     pub keep_client_address_headers: bool,
+}
+
+/// Short-lived tokens (`POST /oauth/token`) and the signed principal for the origin.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TokenPolicy {
+    /// A token's lifetime (never beyond its key's).
+    pub ttl_seconds: u32,
+    /// `iss` of every token and assertion.
+    pub issuer: String,
+    /// `aud` of a token that names no tenant.
+    pub audience: String,
+    /// Forward `X-Key-Assertion` (a 60-second signed principal) with authenticated requests.
+    pub assertion: bool,
 }
 
 /// Where the admin API answers at all. Outside it, `/admin/*` is a plain 404.
@@ -236,6 +261,8 @@ impl RouteIndex {
 
 pub const DEFAULT_CACHE_TTL: u32 = 10;
 pub const MAX_CACHE_TTL: u32 = 300;
+pub const DEFAULT_TOKEN_TTL: u32 = 600;
+pub const MAX_TOKEN_TTL: u32 = 3600;
 /// The revocation feed's poll interval: every isolate learns of a revocation within this plus
 /// the feed's one-second cache.
 pub const DEFAULT_REVOCATION_POLL_MS: u32 = 1_000;
@@ -434,6 +461,30 @@ impl Policy {
             )));
         }
         let realm = doc.realm.unwrap_or_else(|| "keygate".to_owned());
+        let ttl_seconds = doc.tokens.ttl_seconds.unwrap_or(DEFAULT_TOKEN_TTL);
+        if !(1..=MAX_TOKEN_TTL).contains(&ttl_seconds) {
+            return Err(PolicyError(format!(
+                "tokens.ttl_seconds must be between 1 and {MAX_TOKEN_TTL}"
+            )));
+        }
+        let issuer = doc
+            .tokens
+            .issuer
+            .unwrap_or_else(|| format!("urn:keygate:{realm}"));
+        let audience = doc.tokens.audience.unwrap_or_else(|| issuer.clone());
+        for (name, v) in [("issuer", &issuer), ("audience", &audience)] {
+            if v.is_empty() || v.len() > 256 || v.chars().any(char::is_control) {
+                return Err(PolicyError(format!(
+                    "tokens.{name} must be 1 to 256 printable characters"
+                )));
+            }
+        }
+        let tokens = TokenPolicy {
+            ttl_seconds,
+            issuer,
+            audience,
+            assertion: doc.tokens.assertion.unwrap_or(true),
+        };
         if realm.is_empty()
             || realm.len() > 64
             || !realm
@@ -487,6 +538,7 @@ impl Policy {
                 allow_semicolon: doc.allow_semicolon_in_path,
             },
             forwarding,
+            tokens,
             route_mode,
             admin,
             default: doc.default,
@@ -684,6 +736,9 @@ mod tests {
             json!({"credentials": {"bearer_header": "X-Key", "api_key_header": "x-key"}}),
             json!({"cache_ttl_seconds": 100000}),
             json!({"revocation_poll_ms": 10}),
+            json!({"tokens": {"ttl_seconds": 3601}}),
+            json!({"tokens": {"ttl_seconds": 0}}),
+            json!({"tokens": {"lifetime": 60}}),
             json!({"revocation_poll_ms": 600000}),
         ];
         for b in bad {

@@ -131,6 +131,16 @@ impl Problem {
                 "The request carries more than one different credential.",
             ),
             Denial::InvalidKey => unauth("invalid_key", "API key invalid", "The API key is not valid."),
+            Denial::InvalidToken => unauth(
+                "invalid_token",
+                "Token invalid",
+                "The access token is not valid: its signature, its type or its claims, or its key changed since it was issued. Get a new one.",
+            ),
+            Denial::ExpiredToken => unauth(
+                "expired_token",
+                "Token expired",
+                "The access token has expired. Get a new one.",
+            ),
             Denial::ExpiredKey => unauth("expired_key", "API key expired", "The API key has expired."),
             Denial::RevokedKey => unauth("revoked_key", "API key revoked", "The API key has been revoked."),
             Denial::DisabledKey => unauth("disabled_key", "API key disabled", "The API key is disabled."),

@@ -22,6 +22,14 @@ pub fn free_port() -> u16 {
         .unwrap_or_else(|e| panic!("e2e: cannot find a free loopback port: {e}"))
 }
 
+/// A fresh Ed25519 seed for a worker's TOKEN_SIGNING_KEY (base64url, 32 bytes).
+pub fn signing_seed() -> String {
+    use base64::Engine;
+    let mut b = [0u8; 32];
+    getrandom::fill(&mut b).expect("randomness");
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(b)
+}
+
 pub fn random_hex(n: usize) -> String {
     let mut buf = vec![0u8; n];
     getrandom::fill(&mut buf).expect("randomness");
@@ -236,6 +244,7 @@ fn try_start_worker(opts: &WorkerOptions<'_>) -> Option<Worker> {
         },
     ])
     .args(["--var", &format!("ADMIN_TOKEN:{admin_token}")])
+    .args(["--var", &format!("TOKEN_SIGNING_KEY:{}", signing_seed())])
     .args(["--show-interactive-dev-session=false", "--log-level", "log"]);
     if let Some(p) = opts.policy {
         cmd.args([

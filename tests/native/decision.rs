@@ -268,6 +268,7 @@ mod steps {
     use keygate::ip::ClientIp;
     use keygate::key::{ApiKey, Environment, KeyHasher, KeyId, KeyPrefix};
     use keygate::record::KeyRecord;
+    use keygate::revocation::Feed;
     use keygate::store::{LookupError, StoreError};
     use keygate::time::Timestamp;
     use serde_json::{Value, json};
@@ -278,6 +279,7 @@ mod steps {
         Gateway {
             policy: policy(),
             hasher: KeyHasher::new(None),
+            tokens: None,
         }
     }
 
@@ -340,7 +342,9 @@ mod steps {
         record: Result<Option<Rc<KeyRecord>>, LookupError>,
     ) -> (Decision, Option<usize>, Option<KeyId>) {
         let h = headers(key.expose());
-        let Step::NeedRecord(pending) = g.start(&facts("GET", "/licenses/1", &h, None)) else {
+        let Step::NeedRecord(pending) =
+            g.start(&facts("GET", "/licenses/1", &h, None), now(), &Feed::default())
+        else {
             panic!("a well-formed key needs its record");
         };
         let (d, t) = g.finish(pending, Known::new(record), now());
@@ -360,25 +364,30 @@ mod steps {
         let licenses = g.policy.route("GET", &["licenses", "1"]).unwrap().index;
 
         let h = headers("kg_live_nope");
-        let (d, route, key_id) = done(g.start(&facts("GET", "/licenses/1", &h, None)));
+        let (d, route, key_id) =
+            done(g.start(&facts("GET", "/licenses/1", &h, None), now(), &Feed::default()));
         assert_eq!(deny(d), Denial::MalformedKey);
         assert_eq!((route, key_id), (Some(licenses), None));
 
         let none = Vec::new();
-        let (d, _, _) = done(g.start(&facts("GET", "/licenses/1", &none, None)));
+        let (d, _, _) = done(g.start(&facts("GET", "/licenses/1", &none, None), now(), &Feed::default()));
         assert_eq!(deny(d), Denial::MissingKey);
 
         let key = live_key();
         let h = headers(key.expose());
-        let (d, route, _) = done(g.start(&facts("GET", "/internal/x", &h, Some("8.8.8.8"))));
+        let (d, route, _) = done(g.start(
+            &facts("GET", "/internal/x", &h, Some("8.8.8.8")),
+            now(),
+            &Feed::default(),
+        ));
         assert_eq!(deny(d), Denial::IpNotAllowed);
         assert!(route.is_some());
-        let (d, route, _) = done(g.start(&facts("GET", "/nowhere", &h, None)));
+        let (d, route, _) = done(g.start(&facts("GET", "/nowhere", &h, None), now(), &Feed::default()));
         assert_eq!((deny(d), route), (Denial::NoRoute, None));
-        let (d, _, _) = done(g.start(&facts("GET", "/%zz", &h, None)));
+        let (d, _, _) = done(g.start(&facts("GET", "/%zz", &h, None), now(), &Feed::default()));
         assert_eq!(deny(d), Denial::InvalidPath);
 
-        match done(g.start(&facts("GET", "/public/x", &none, None))).0 {
+        match done(g.start(&facts("GET", "/public/x", &none, None), now(), &Feed::default())).0 {
             Decision::Forward(f) => assert!(f.principal.is_none()),
             other => panic!("{other:?}"),
         }
@@ -389,7 +398,7 @@ mod steps {
         let g = gateway();
         let key = live_key();
         let h = headers(key.expose());
-        match g.start(&facts("GET", "/licenses/1", &h, None)) {
+        match g.start(&facts("GET", "/licenses/1", &h, None), now(), &Feed::default()) {
             Step::NeedRecord(p) => {
                 assert_eq!(p.key_id(), key.id());
                 assert_eq!(

@@ -12,6 +12,7 @@ mod admin;
 mod admin_safety;
 mod decision;
 mod shipped_policy;
+mod tokens;
 mod versions;
 
 use std::cell::RefCell;
@@ -33,6 +34,12 @@ use keygate::time::Timestamp;
 use serde_json::{Value, json};
 
 pub const TOKEN: &str = "test-admin-token-0123456789abcdef";
+/// A fixed Ed25519 seed (RFC 8037's example), base64url: the tests' TOKEN_SIGNING_KEY.
+pub const SIGNING_SEED: &str = "nWGxne_9WmC6hEr0kuwsxERJxWl7MmkZcDusAxyuf2A";
+
+pub fn token_keys() -> keygate::token::TokenKeys {
+    keygate::token::TokenKeys::from_secret(SIGNING_SEED).unwrap()
+}
 pub const T0: i64 = 1_800_000_000_000;
 
 pub fn policy() -> Policy {
@@ -107,6 +114,7 @@ impl<S: KvStore> World<S> {
             gateway: Gateway {
                 policy: policy(),
                 hasher: KeyHasher::new(None),
+                tokens: Some(token_keys()),
             },
             store,
             cache: RefCell::new(RecordCache::new(100, 100, 10, 5)),
@@ -140,7 +148,7 @@ impl<S: KvStore> World<S> {
         // As the edge drives it: start, the record (cache, then the replica), the current record
         // from the registry when the feed says the copy predates a change of its grants, finish.
         let feed = self.feed();
-        match self.gateway.start(&facts) {
+        match self.gateway.start(&facts, self.now, &feed) {
             Step::Done(decision, _) => decision,
             Step::NeedRecord(pending) => {
                 let id = pending.key_id().clone();

@@ -465,7 +465,7 @@ fn narrowed_grants_apply_at_once_from_the_registrys_record() {
         host: "gw.example",
         has_body: false,
     };
-    let keygate::decide::Step::NeedRecord(pending) = w.gateway.start(&facts) else {
+    let keygate::decide::Step::NeedRecord(pending) = w.gateway.start(&facts, w.now, &w.feed()) else {
         panic!("a well-formed key needs its record");
     };
     assert_eq!(
