@@ -343,6 +343,7 @@ async fn handle(req: Request, env: &Env, request_id: &str) -> worker::Result<Res
     match raw_path.as_str() {
         "/oauth/token" => return tokens::token_endpoint(req, env, &deployment, &ctx, &cache).await,
         "/.well-known/jwks.json" => return tokens::jwks(&deployment, &ctx),
+        "/v1/keys/verify" => return tokens::verify_endpoint(req, env, &deployment, &ctx, &cache).await,
         _ => {}
     }
     // The admin API: `/admin/...` as sent (its handlers validate every segment themselves), or

@@ -22,6 +22,7 @@ pub mod scope;
 pub mod store;
 pub mod time;
 pub mod token;
+pub mod verify;
 
 #[cfg(target_arch = "wasm32")]
 mod edge;

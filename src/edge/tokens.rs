@@ -1,18 +1,21 @@
 //! The token endpoints on the workers-rs side: `POST /oauth/token` (the client-credentials
-//! exchange of `crate::oauth`, with the key looked up as on a gateway route) and
-//! `GET /.well-known/jwks.json`.
+//! exchange of `crate::oauth`, with the key looked up as on a gateway route),
+//! `GET /.well-known/jwks.json`, and `POST /v1/keys/verify` (`crate::verify`).
 
 use std::cell::RefCell;
+use std::rc::Rc;
 
 use worker::{Env, Headers, Request, Response, console_log};
 
 use super::{Deployment, KV_BINDING, Kv, answer, bounded_body, feed, lookup, now};
 use crate::cache::RecordCache;
-use crate::decide::{Denial, Known, key_ip_allowed};
+use crate::decide::{Decision, Denial, Forward, Known, Principal, RequestFacts, Step, key_ip_allowed};
 use crate::log::{self, RequestContext};
 use crate::oauth::{self, OAuthError};
 use crate::problem::{self, Problem};
+use crate::record::KeyRecord;
 use crate::store::Records;
+use crate::verify;
 
 fn json_response(status: u16, body: String, headers: &[(&'static str, String)]) -> worker::Result<Response> {
     let h = Headers::new();
@@ -138,4 +141,153 @@ pub(super) fn jwks(deployment: &Deployment, ctx: &RequestContext<'_>) -> worker:
         keys.jwks().to_string(),
         &[("Cache-Control", "public, max-age=300".into())],
     )
+}
+
+/// `POST /v1/keys/verify` (see `crate::verify`): the caller's own key must hold `keys:verify`;
+/// the answer is the decision the gateway would make for the credential in the body.
+pub(super) async fn verify_endpoint(
+    mut req: Request,
+    env: &Env,
+    deployment: &Deployment,
+    ctx: &RequestContext<'_>,
+    cache: &RefCell<RecordCache>,
+) -> worker::Result<Response> {
+    let gateway = &deployment.gateway;
+    let policy = &gateway.policy;
+    let realm = policy.realm.as_str();
+    if ctx.method != "POST" {
+        return answer(ctx, &problem::method_not_allowed("POST"), None, None, None);
+    }
+    let now = now();
+    feed::refresh(env, policy.revocation_poll_ms, now).await;
+    let kv = Kv {
+        inner: env.kv(KV_BINDING)?,
+        cache_ttl: Some(super::KV_CACHE_TTL),
+    };
+    let records = Records { store: &kv, cache };
+    let headers: Vec<(String, String)> = req.headers().entries().collect();
+    let (credential, _) = crate::credential::extract(&policy.credentials, headers.as_slice(), None);
+    // The caller: one of this gateway's keys (not a token), live, from an allowed address,
+    // holding `keys:verify`.
+    let caller = async {
+        let pending = gateway.authenticate_start(credential)?;
+        let record = lookup(env, &records, pending.key_id(), now).await;
+        let known = feed::with(|f| Known::new(record).with_feed(f, now));
+        let record = gateway.authenticate_finish(pending, known, now)?;
+        if !key_ip_allowed(&record, ctx.client_ip) {
+            return Err(Denial::IpNotAllowed);
+        }
+        let scope = crate::scope::Scope::parse(verify::SCOPE).map_err(|_| Denial::NoRoute)?;
+        verify::scopes_granted(&record, &[scope])?;
+        Ok(record)
+    }
+    .await;
+    let caller = match caller {
+        Ok(r) => r,
+        Err(d) => return answer(ctx, &Problem::from_denial(&d, realm), None, None, None),
+    };
+    let body = match bounded_body(&mut req).await {
+        Ok(b) if b.len() <= verify::MAX_BODY => b,
+        Ok(_) => return answer(ctx, &problem::payload_too_large(), None, None, None),
+        Err(p) => return answer(ctx, &p, None, None, None),
+    };
+    let request = match verify::parse(&body) {
+        Ok(r) => r,
+        Err(p) => return answer(ctx, &p, None, None, None),
+    };
+    let (decision, key_id) = match &request.check {
+        verify::Check::Route { method, path } => {
+            let headers = vec![(
+                policy.credentials.bearer_header.clone(),
+                format!("Bearer {}", request.credential),
+            )];
+            let host = policy
+                .route_mode
+                .as_ref()
+                .and_then(|h| h.first().cloned())
+                .unwrap_or_default();
+            let facts = RequestFacts {
+                method,
+                path,
+                query: None,
+                headers: headers.as_slice(),
+                client_ip: request.ip,
+                host: &host,
+                has_body: false,
+            };
+            let (decision, trace) = match feed::with(|f| gateway.start(&facts, now, f)) {
+                Step::Done(d, t) => (d, t),
+                Step::NeedRecord(pending) => {
+                    let record = lookup(env, &records, pending.key_id(), now).await;
+                    let known = feed::with(|f| Known::new(record).with_feed(f, now));
+                    gateway.finish(pending, known, now)
+                }
+            };
+            let key_id = trace.key_id.borrow().as_ref().map(ToString::to_string);
+            (decision, key_id)
+        }
+        verify::Check::Scopes(scopes) => {
+            let (result, key_id) = subject(env, gateway, &records, &request, now).await;
+            let result = result.and_then(|r| verify::scopes_granted(&r, scopes).map(|()| r));
+            let decision = match result {
+                Ok(record) => Decision::Forward(Forward {
+                    path: String::new(),
+                    principal: Some(Principal { record, tenant: None }),
+                    credential: Default::default(),
+                    sunset: None,
+                }),
+                Err(d) => Decision::Deny(d),
+            };
+            (decision, key_id)
+        }
+    };
+    let body = verify::answer(&decision, key_id.as_deref(), realm);
+    let mut m = ctx.problem("verified", 200, None, key_id.as_deref());
+    m.insert("event".into(), serde_json::json!("verify"));
+    m.insert("level".into(), serde_json::json!("info"));
+    m.insert("caller".into(), serde_json::json!(caller.id.as_str()));
+    m.insert("valid".into(), body.get("valid").cloned().unwrap_or_default());
+    m.insert("code".into(), body.get("code").cloned().unwrap_or_default());
+    console_log!("{}", log::line(m));
+    json_response(200, body.to_string(), &[("Cache-Control", "no-store".into())])
+}
+
+/// The credential of a verify request as a live record (a key looked up, or a token's claims),
+/// from an allowed address; and the key id it names, when it got that far.
+async fn subject(
+    env: &Env,
+    gateway: &crate::decide::Gateway,
+    records: &Records<'_, Kv>,
+    request: &verify::VerifyRequest,
+    now: crate::time::Timestamp,
+) -> (Result<Rc<KeyRecord>, Denial>, Option<String>) {
+    let credential = &request.credential;
+    let result = if let Some(keys) = gateway
+        .tokens
+        .as_ref()
+        .filter(|_| crate::token::looks_like_jwt(credential))
+    {
+        feed::with(|f| gateway.token_record(keys, credential, now, f)).map(Rc::new)
+    } else {
+        match gateway.authenticate_start(Ok(credential.clone())) {
+            Err(d) => Err(d),
+            Ok(pending) => {
+                let id = pending.key_id().to_string();
+                let record = lookup(env, records, pending.key_id(), now).await;
+                let known = feed::with(|f| Known::new(record).with_feed(f, now));
+                let r = gateway.authenticate_finish(pending, known, now);
+                return (r.and_then(|r| allowed_from(r, request.ip)), Some(id));
+            }
+        }
+    };
+    let key_id = result.as_ref().ok().map(|r| r.id.to_string());
+    (result.and_then(|r| allowed_from(r, request.ip)), key_id)
+}
+
+fn allowed_from(record: Rc<KeyRecord>, ip: Option<crate::ip::ClientIp>) -> Result<Rc<KeyRecord>, Denial> {
+    if key_ip_allowed(&record, ip) {
+        Ok(record)
+    } else {
+        Err(Denial::IpNotAllowed)
+    }
 }
