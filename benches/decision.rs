@@ -224,10 +224,19 @@ fn decision(c: &mut Criterion) {
     let policy = policy();
     let key = ApiKey::generate(&policy.key_prefix, Environment::Live).unwrap();
     let rec = record(&key, &hasher);
+    // RFC 8037's example seed: a fixed signing key for the token case.
+    let keys = keygate::token::TokenKeys::from_secret("nWGxne_9WmC6hEr0kuwsxERJxWl7MmkZcDusAxyuf2A").unwrap();
+    let token_request = keygate::oauth::TokenRequest {
+        client_id: rec.id.to_string(),
+        client_secret: String::new(),
+        scope: None,
+        audience: None,
+    };
+    let (token, _) = keygate::oauth::issue(&keys, &policy.tokens, &token_request, &rec, NOW).unwrap();
     let gateway = Gateway {
         policy,
         hasher,
-        tokens: None,
+        tokens: Some(keys),
     };
 
     let store = MemoryStore::new();
@@ -262,6 +271,8 @@ fn decision(c: &mut Criterion) {
         has_body: false,
     };
     let ok = request(&good_headers, CLIENT_IP);
+    let token_headers = headers(&token);
+    let with_token = request(&token_headers, CLIENT_IP);
     let malformed = request(&typo_headers, CLIENT_IP);
     let blocked = request(&good_headers, BLOCKED_IP);
 
@@ -277,6 +288,11 @@ fn decision(c: &mut Criterion) {
             }
             other => panic!("expected Forward, got {other:?}"),
         }
+    }
+    // A token is decided from its claims: no lookup at all (the cold cache stays empty).
+    match block_on(gateway.decide(&with_token, &cold, NOW)) {
+        Decision::Forward(f) => assert_eq!(f.principal.expect("a principal").key_id(), key.id()),
+        other => panic!("expected Forward for the token, got {other:?}"),
     }
     assert_eq!(warm_cache.borrow().len(), 1);
     assert!(cold_cache.borrow().is_empty());
@@ -295,6 +311,9 @@ fn decision(c: &mut Criterion) {
     });
     group.bench_function("decide_warm", |b| {
         b.iter(|| ready(gateway.decide(black_box(&ok), &warm, NOW)))
+    });
+    group.bench_function("decide_token", |b| {
+        b.iter(|| ready(gateway.decide(black_box(&with_token), &cold, NOW)))
     });
     group.bench_function("decide_cold", |b| {
         b.iter(|| ready(gateway.decide(black_box(&ok), &cold, NOW)))

@@ -56,6 +56,9 @@ impl OAuthError {
         if self.status == 401 {
             h.push(("WWW-Authenticate", format!("Basic realm=\"{realm}\"")));
         }
+        if self.status == 405 {
+            h.push(("Allow", "POST".to_owned()));
+        }
         h
     }
 }

@@ -194,7 +194,12 @@ pub fn document(policy: &Policy) -> Result<Value, String> {
     let Some(paths) = doc.get_mut("paths").and_then(Value::as_object_mut) else {
         return Err("openapi.json has no paths".into());
     };
-    paths.retain(|p, _| p == "/healthz" || p.starts_with("/admin"));
+    // The gateway's own paths; the route policy's are generated below.
+    paths.retain(|p, _| {
+        p == "/healthz"
+            || p.starts_with("/admin")
+            || ["/oauth/token", "/.well-known/jwks.json", "/v1/keys/verify"].contains(&p.as_str())
+    });
     for (p, item) in gateway_paths(policy) {
         if !paths.contains_key(&p) {
             paths.insert(p, item);

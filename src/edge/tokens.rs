@@ -188,7 +188,10 @@ pub(super) async fn verify_endpoint(
     };
     let body = match bounded_body(&mut req).await {
         Ok(b) if b.len() <= verify::MAX_BODY => b,
-        Ok(_) => return answer(ctx, &problem::payload_too_large(), None, None, None),
+        Ok(_) => {
+            let p = problem::payload_too_large().with_detail("The body is over 8 KiB.");
+            return answer(ctx, &p, None, None, None);
+        }
         Err(p) => return answer(ctx, &p, None, None, None),
     };
     let request = match verify::parse(&body) {

@@ -18,6 +18,7 @@ mod harness;
 mod isolates;
 mod operations;
 mod registry;
+mod tokens;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -176,6 +177,7 @@ fn shared_tests() -> impl Iterator<Item = &'static (&'static str, fn(&Ctx))> {
         .chain(attacks::TESTS)
         .chain(operations::TESTS)
         .chain(registry::TESTS)
+        .chain(tokens::TESTS)
 }
 
 fn main() {
