@@ -111,10 +111,19 @@ impl<S: AdminStore> AdminContext<'_, S> {
                 .as_ref()
                 .and_then(|b| b.pointer("/record/id")?.as_str());
             self.existing(actor, made.unwrap_or_default()).await?;
-            return Ok(Reply {
+            // The first response's ETag: the version of the record it carried.
+            let version = reply
+                .body
+                .as_ref()
+                .and_then(|b| b.pointer("/record/version")?.as_u64());
+            let replay = Reply {
                 status: reply.status,
                 body: reply.body,
                 headers: vec![("Idempotent-Replayed", "true".into())],
+            };
+            return Ok(match version {
+                Some(v) => replay.tagged(v),
+                None => replay,
             });
         }
         let reply = write().await?;

@@ -606,6 +606,7 @@ fn headers_x_key_look_alikes_are_stripped(c: &Ctx) {
         ("x-key-id", "0000000000000000"),
         ("X-KEY-ENVIRONMENT", "live"),
         ("X_KEY.Client_Ip", "10.0.0.1"),
+        ("X-Key-Assertion", "eyJhbGciOiJub25lIn0.eyJzdWIiOiJ4In0."),
     ];
     let r = c.call("GET", "/public/h", &spoofs, None);
     let h = headers_of(&r.echoed());
@@ -627,6 +628,7 @@ fn headers_x_key_look_alikes_are_stripped(c: &Ctx) {
     assert_eq!(
         ours,
         [
+            "x-key-assertion",
             "x-key-client-ip",
             "x-key-environment",
             "x-key-id",
@@ -639,6 +641,12 @@ fn headers_x_key_look_alikes_are_stripped(c: &Ctx) {
     assert_eq!(h["x-key-tenant"], "acme");
     assert_eq!(h["x-key-id"], id.as_str());
     assert_eq!(h["x-key-client-ip"], "198.51.100.7");
+    assert!(
+        h["x-key-assertion"]
+            .as_str()
+            .is_some_and(|a| a.starts_with("eyJhbGciOiJFZERTQSIs")),
+        "the gateway's own assertion, not the client's: {h:?}"
+    );
 }
 
 fn headers_rewrite_overrides_are_stripped(c: &Ctx) {

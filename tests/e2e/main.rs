@@ -19,6 +19,7 @@ mod isolates;
 mod operations;
 mod registry;
 mod tokens;
+mod verify;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -178,6 +179,7 @@ fn shared_tests() -> impl Iterator<Item = &'static (&'static str, fn(&Ctx))> {
         .chain(operations::TESTS)
         .chain(registry::TESTS)
         .chain(tokens::TESTS)
+        .chain(verify::TESTS)
 }
 
 fn main() {

@@ -43,7 +43,12 @@ fn the_caller_needs_keys_verify(c: &Ctx) {
     assert_eq!((r.status, r.code()), (403, "insufficient_scope".to_owned()));
     let (caller, _) = c.key_with(&["keys:verify"]);
     let r = verify(c, &caller, json!({"key": subject}));
-    assert_eq!((r.status, r.code()), (422, "invalid_field".to_owned()), "{}", r.body);
+    assert_eq!(
+        (r.status, r.code()),
+        (422, "invalid_field".to_owned()),
+        "{}",
+        r.body
+    );
     let r = c.call(
         "GET",
         "/v1/keys/verify",
@@ -60,7 +65,11 @@ fn same_answer_as_the_gateway(c: &Ctx) {
     let (good, good_id) = c.key_with(&["license:read"]);
     let (narrow, _) = c.key_with(&["billing:read"]);
     let (revoked, revoked_id) = c.key_with(&["license:read"]);
-    c.admin("POST", &format!("/admin/keys/{revoked_id}/revoke"), Some(json!({})));
+    c.admin(
+        "POST",
+        &format!("/admin/keys/{revoked_id}/revoke"),
+        Some(json!({})),
+    );
     let (disabled, disabled_id) = c.key_with(&["license:read"]);
     c.admin(
         "PATCH",
@@ -68,7 +77,8 @@ fn same_answer_as_the_gateway(c: &Ctx) {
         Some(json!({"enabled": false})),
     );
     let (fenced, _) = {
-        let (k, rec) = c.create(json!({"name": "fenced", "scopes": ["license:read"], "ip_allowlist": ["10.0.0.0/8"]}));
+        let (k, rec) =
+            c.create(json!({"name": "fenced", "scopes": ["license:read"], "ip_allowlist": ["10.0.0.0/8"]}));
         (k, rec["id"].as_str().unwrap().to_owned())
     };
     let forged = crate::forge_key("live", "00000000000000fe");
@@ -82,7 +92,7 @@ fn same_answer_as_the_gateway(c: &Ctx) {
         (&forged, "/licenses/1", None),
         ("not-a-key", "/licenses/1", None),
         (&good, "/nowhere", None),
-        (&good, "/%2e%2e/admin", None),
+        (&good, "/licenses/a%2Fb", None),
     ];
     for (key, path, ip) in cases {
         let mut headers = vec![("Authorization".to_owned(), format!("Bearer {key}"))];
@@ -103,7 +113,12 @@ fn same_answer_as_the_gateway(c: &Ctx) {
             assert_eq!(v["code"], Value::Null);
         } else {
             assert_eq!(v["valid"], false, "{path} {ip:?}: {v}");
-            assert_eq!(v["code"], gateway.code(), "{path} {ip:?}: gateway {}", gateway.body);
+            assert_eq!(
+                v["code"],
+                gateway.code(),
+                "{path} {ip:?}: gateway {}",
+                gateway.body
+            );
             assert_eq!(v["status"], gateway.status);
         }
         assert!(!r.body.contains(key) || key == "not-a-key", "the key came back");

@@ -203,6 +203,11 @@ fn a_retried_create_returns_the_same_key_once() {
         .unwrap();
     assert_eq!(again.status, 201);
     assert_eq!(header(&again, "Idempotent-Replayed"), Some("true"));
+    assert_eq!(
+        etag(&again),
+        Some("\"1\""),
+        "a replay carries the first response's ETag"
+    );
     let (a, b) = (first.body.unwrap(), again.body.unwrap());
     assert_eq!(a["key"], b["key"], "a retry got another key");
     assert!(a["key"].as_str().unwrap().starts_with("kg_live_"));
