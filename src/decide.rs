@@ -262,7 +262,9 @@ impl Gateway {
         now: Timestamp,
         trace: &Trace,
     ) -> Decision {
-        let (decision, learned) = match self.start(req, now, &Feed::default()) {
+        // These drivers know of no revocation: an empty feed, loaded.
+        let feed = Feed::from_page(crate::revocation::FeedPage::default());
+        let (decision, learned) = match self.start(req, now, &feed) {
             Step::Done(decision, learned) => (decision, learned),
             Step::NeedRecord(pending) => {
                 let record = records.get(pending.key_id(), now).await;
@@ -512,8 +514,15 @@ impl Gateway {
             crate::token::TokenError::Expired => Denial::ExpiredToken,
             _ => Denial::InvalidToken,
         })?;
-        if claims.iss != self.policy.tokens.issuer || claims.client_id != claims.sub {
+        let tokens = &self.policy.tokens;
+        let audience_ok = claims.aud == tokens.audience || claims.tenants == [claims.aud.clone()];
+        if claims.iss != tokens.issuer || claims.client_id != claims.sub || !audience_ok {
             return Err(Denial::InvalidToken);
+        }
+        // A token is checked against the feed alone: without a copy of it (this isolate has not
+        // reached the registry yet), nothing says its key still stands. Fail closed.
+        if !feed.loaded() {
+            return Err(Denial::StoreUnavailable);
         }
         let scopes = claims.grants().map_err(|_| Denial::InvalidToken)?;
         let issued = Timestamp::from_millis(claims.iat.saturating_mul(1000));

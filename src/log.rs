@@ -38,8 +38,13 @@ pub fn request_id(cf_ray: Option<&str>, generate: impl FnOnce() -> String) -> St
 
 impl RequestContext<'_> {
     fn base(&self, level: &str, event: &str) -> Map<String, Value> {
-        let path = if holds_secret(self.path, self.key_prefix, self.token) {
-            "[path redacted: it holds a key or the admin token]"
+        // A token (or any JWT) in a path segment is redacted as a key is.
+        let jwt = self
+            .path
+            .split(['/', ';', '=', ','])
+            .any(crate::token::looks_like_jwt);
+        let path = if jwt || holds_secret(self.path, self.key_prefix, self.token) {
+            "[path redacted: it holds a key, a token or the admin token]"
         } else {
             self.path
         };

@@ -2,7 +2,8 @@
 //! authenticates with its key (`client_id` = the key id, `client_secret` = the whole key), by
 //! HTTP Basic or form fields, never both; the key then passes every check a key on a gateway
 //! route passes (the edge looks its record up between [`parse`] and [`issue`]). Errors are RFC
-//! 6749 §5.2 bodies, which OAuth clients parse, not problem+json.
+//! 6749 §5.2 bodies, which OAuth clients parse, not problem+json. No error description ever
+//! quotes the request (a parameter may hold a key or a token).
 
 use serde_json::{Value, json};
 
@@ -15,6 +16,8 @@ use crate::token::{ACCESS_TYP, AccessClaims, TokenKeys};
 
 /// The largest token request body read.
 pub const MAX_BODY: usize = 8 * 1024;
+/// The most scope entries a token carries (a token must stay under the verifier's size limit).
+pub const MAX_SCOPES: usize = 64;
 
 /// An RFC 6749 §5.2 error.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -83,6 +86,9 @@ fn form_decode(s: &str) -> Option<String> {
             b'+' => out.push(b' '),
             b'%' => {
                 let hex = bytes.get(i + 1..i + 3)?;
+                if !hex.iter().all(u8::is_ascii_hexdigit) {
+                    return None;
+                }
                 out.push(u8::from_str_radix(std::str::from_utf8(hex).ok()?, 16).ok()?);
                 i += 2;
             }
@@ -124,7 +130,7 @@ pub fn parse<H: HeaderSource + ?Sized>(
             ));
         };
         if params.iter().any(|(p, _)| *p == k) {
-            return Err(OAuthError::invalid_request(format!("`{k}` is repeated.")));
+            return Err(OAuthError::invalid_request("A parameter is repeated."));
         }
         params.push((k, v));
     }
@@ -154,7 +160,12 @@ pub fn parse<H: HeaderSource + ?Sized>(
     let form = match (get("client_id"), get("client_secret")) {
         (Some(id), Some(secret)) => Some((id, secret)),
         (None, None) => None,
-        (Some(_), None) if basic.is_some() => None,
+        (Some(id), None) if basic.as_ref().is_some_and(|(b, _)| *b == id) => None,
+        (Some(_), None) if basic.is_some() => {
+            return Err(OAuthError::invalid_request(
+                "The client_id differs from the Basic credentials.",
+            ));
+        }
         _ => {
             return Err(OAuthError::invalid_request(
                 "Give both client_id and client_secret.",
@@ -225,19 +236,24 @@ pub fn issue(
     let grants: Vec<Grant> = match &req.scope {
         None => record.scopes.clone(),
         Some(s) => {
-            let mut out = Vec::new();
+            let mut out: Vec<Grant> = Vec::new();
             for entry in s.split(' ').filter(|e| !e.is_empty()) {
                 let g = Grant::parse(entry).map_err(|_| {
-                    OAuthError::new(400, "invalid_scope", format!("`{entry}` is not a scope."))
+                    OAuthError::new(400, "invalid_scope", "A requested scope is not a scope.")
                 })?;
                 if !record.scopes.iter().any(|mine| mine.covers(&g)) {
                     return Err(OAuthError::new(
                         400,
                         "invalid_scope",
-                        format!("The key does not hold `{entry}`."),
+                        "The key does not hold a requested scope.",
                     ));
                 }
-                out.push(g);
+                if !out.contains(&g) {
+                    out.push(g);
+                }
+            }
+            if out.len() > MAX_SCOPES {
+                return Err(OAuthError::new(400, "invalid_scope", "Too many scopes."));
             }
             if out.is_empty() {
                 return Err(OAuthError::new(400, "invalid_scope", "The scope is empty."));
@@ -291,6 +307,14 @@ pub fn issue(
     let token = keys
         .sign(ACCESS_TYP, &claims)
         .map_err(|_| OAuthError::new(500, "server_error", "The token could not be signed."))?;
+    // A token the gateway would refuse (over its size limit) is never handed out.
+    if token.len() > crate::token::MAX_TOKEN_BYTES {
+        return Err(OAuthError::new(
+            400,
+            "invalid_scope",
+            "The token would be too large: ask for fewer scopes.",
+        ));
+    }
     let body = json!({
         "access_token": token,
         "token_type": "Bearer",

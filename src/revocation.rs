@@ -26,7 +26,10 @@ use crate::time::Timestamp;
 /// replica's bound (about 60 s of KV propagation plus the isolate cache TTL), so that by the time
 /// an entry leaves the feed, every location reads a record that holds the change itself. Entries
 /// of keys whose replica write is still pending stay in the feed regardless.
-pub const RETENTION_MS: i64 = 15 * 60 * 1000;
+///
+/// Access tokens are checked against the feed alone (no record), so an entry must also outlive
+/// every token issued before it: the longest token lifetime plus five minutes.
+pub const RETENTION_MS: i64 = (crate::policy::MAX_TOKEN_TTL as i64 + 300) * 1000;
 
 /// What kind of narrowing an entry records; it decides the denial a stale record gets.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -144,6 +147,9 @@ pub enum Verdict {
 pub struct Feed {
     seq: i64,
     by_key: HashMap<KeyId, Vec<Entry>>,
+    /// A page has been applied: the copy says something. Until then nothing can be known about
+    /// revocations, and tokens (checked against the feed alone) are refused.
+    loaded: bool,
 }
 
 impl Feed {
@@ -160,6 +166,19 @@ impl Feed {
         }
         self.seq = page.seq;
         self.by_key = by_key;
+        self.loaded = true;
+    }
+
+    /// A copy holding `page`.
+    pub fn from_page(page: FeedPage) -> Self {
+        let mut feed = Feed::default();
+        feed.apply(page, true);
+        feed
+    }
+
+    /// Whether any page was applied.
+    pub fn loaded(&self) -> bool {
+        self.loaded
     }
 
     pub fn seq(&self) -> i64 {

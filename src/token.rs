@@ -34,7 +34,8 @@ pub const ASSERTION_TYP: &str = "keygate-assertion+jwt";
 /// The only algorithm signed or accepted.
 const ALG: &str = "EdDSA";
 /// Longest token worth looking at; anything longer is malformed before any other work.
-const MAX_TOKEN_LEN: usize = 8 * 1024;
+pub const MAX_TOKEN_BYTES: usize = 8 * 1024;
+const MAX_TOKEN_LEN: usize = MAX_TOKEN_BYTES;
 /// How many seeds the secret may hold: the signing key and the one it replaced.
 const MAX_SEEDS: usize = 2;
 /// How many bytes of SHA-256 of the public key make its `kid`.

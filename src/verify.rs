@@ -74,10 +74,10 @@ pub fn parse(body: &[u8]) -> Result<VerifyRequest, Problem> {
                     "GET, HEAD, POST, PUT, PATCH or DELETE.",
                 ));
             }
-            if !r.path.starts_with('/') || r.path.len() > 2048 {
+            if !r.path.starts_with('/') || r.path.len() > 2048 || r.path.contains(['?', '#']) {
                 return Err(invalid_field(
                     "route.path",
-                    "An absolute path, at most 2048 bytes.",
+                    "An absolute path (no query or fragment), at most 2048 bytes.",
                 ));
             }
             Check::Route { method, path: r.path }
@@ -174,6 +174,7 @@ mod tests {
             br#"{"key": "a", "scopes": ["Not A Scope"]}"#,
             br#"{"key": "a", "route": {"method": "TRACE", "path": "/"}}"#,
             br#"{"key": "a", "route": {"method": "GET", "path": "x"}}"#,
+            br#"{"key": "a", "route": {"method": "GET", "path": "/orgs/acme?x"}}"#,
             br#"{"key": "a", "scopes": ["x"], "ip": "nope"}"#,
             br#"{"key": "a", "scopes": ["x"], "extra": 1}"#,
             b"not json",

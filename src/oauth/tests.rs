@@ -191,3 +191,59 @@ fn issues_narrowed_tokens_that_never_outlive_the_key() {
         "invalid_client"
     );
 }
+
+#[test]
+fn errors_never_quote_the_request_and_parsing_is_strict() {
+    let key = "kg_live_0123456789abcdef_secretsecret";
+    let h = form(&[]);
+    let body = format!("grant_type=client_credentials&{key}=1&{key}=2");
+    let e = parse("POST", h.as_slice(), body.as_bytes()).unwrap_err();
+    assert!(!e.body().contains(key), "{}", e.body());
+    // `%+0` is not a percent escape.
+    assert!(
+        parse(
+            "POST",
+            h.as_slice(),
+            b"grant_type=client_credentials&client_id=a%+0&client_secret=b"
+        )
+        .is_err()
+    );
+    // Basic and a different form client_id.
+    let both = form(&[("authorization", &basic("0123456789abcdef", "k"))]);
+    assert_eq!(
+        err(parse(
+            "POST",
+            both.as_slice(),
+            b"grant_type=client_credentials&client_id=ffffffffffffffff"
+        )),
+        (400, "invalid_request")
+    );
+    let keys = TokenKeys::from_secret(SEED).unwrap();
+    let p = policy();
+    let rec = sample("0123456789abcdef");
+    let now = Timestamp::from_millis(1_800_000_000_000);
+    let e = issue(&keys, &p.tokens, &request(Some(key), None), &rec, now).unwrap_err();
+    assert!(!e.body().contains(key), "{}", e.body());
+    // Repeats are one scope; too many is refused before a token too large to use is made.
+    let (_, body) = issue(
+        &keys,
+        &p.tokens,
+        &request(Some("license:read license:read"), None),
+        &rec,
+        now,
+    )
+    .unwrap();
+    assert_eq!(body["scope"], "license:read");
+    let mut wide = sample("0123456789abcdef");
+    wide.scopes = vec![Grant::parse("**").unwrap()];
+    let many: Vec<String> = (0..65).map(|i| format!("s{i}:read")).collect();
+    let e = issue(
+        &keys,
+        &p.tokens,
+        &request(Some(&many.join(" ")), None),
+        &wide,
+        now,
+    )
+    .unwrap_err();
+    assert_eq!(e.error, "invalid_scope");
+}

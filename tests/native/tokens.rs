@@ -221,3 +221,37 @@ fn a_token_is_no_admin_credential() {
     assert_eq!((e.status, e.code), (401, "invalid_admin_credential"));
     assert!(w.admin_raw("GET", "/admin/keys", TOKEN, None).is_ok());
 }
+
+#[test]
+fn without_a_feed_or_for_another_audience_a_token_is_refused() {
+    let w = World::new();
+    let (_, rec) = w.issue(json!({"name": "t", "scopes": ["license:read"]}));
+    let id = rec["id"].as_str().unwrap();
+    let token = exchange(&w, id, None).unwrap();
+    let bearer = format!("Bearer {token}");
+    let headers = vec![("authorization".to_owned(), bearer)];
+    let facts = keygate::decide::RequestFacts {
+        method: "GET",
+        path: "/licenses/1",
+        query: None,
+        headers: &headers,
+        client_ip: None,
+        host: "gw.example",
+        has_body: false,
+    };
+    // An isolate that never reached the registry knows no revocation: fail closed.
+    let never = keygate::revocation::Feed::default();
+    match w.gateway.start(&facts, w.now, &never) {
+        keygate::decide::Step::Done(Decision::Deny(d), _) => assert_eq!(d, Denial::StoreUnavailable),
+        other => panic!("{other:?}"),
+    }
+    // A token of this signing key for another audience (another deployment sharing the key).
+    let mut claims: keygate::token::AccessClaims =
+        token_keys().verify(&token, keygate::token::ACCESS_TYP).unwrap();
+    claims.aud = "urn:keygate:elsewhere".into();
+    let other = token_keys().sign(keygate::token::ACCESS_TYP, &claims).unwrap();
+    assert_eq!(
+        denied(with_token(&w, "/licenses/1", &other, None)),
+        Some(Denial::InvalidToken)
+    );
+}
