@@ -375,10 +375,7 @@ async fn handle(req: Request, env: &Env, request_id: &str) -> worker::Result<Res
         return answer(&ctx, &p, None, None, None);
     }
 
-    let kv = Kv {
-        inner: env.kv(KV_BINDING)?,
-        cache_ttl: Some(KV_CACHE_TTL),
-    };
+    let kv = validation_kv(env)?;
     let records = Records {
         store: &kv,
         cache: &cache,
@@ -527,6 +524,14 @@ async fn forward(
 
 /// Reads at most `MAX_BODY + 1` bytes of a body, however it arrives (chunked included).
 /// `Err` is the problem to answer: 413 over the limit, 400 when the body cannot be read.
+/// KV as the validation path reads it (edge-cached for `KV_CACHE_TTL`).
+fn validation_kv(env: &Env) -> worker::Result<Kv> {
+    Ok(Kv {
+        inner: env.kv(KV_BINDING)?,
+        cache_ttl: Some(KV_CACHE_TTL),
+    })
+}
+
 /// A key's record for the decision's second step: this isolate's cache, then KV; and when the
 /// revocation feed says that copy predates a change in effect, the current one from the
 /// registry.

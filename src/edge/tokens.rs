@@ -7,7 +7,7 @@ use std::rc::Rc;
 
 use worker::{Env, Headers, Request, Response, console_log};
 
-use super::{Deployment, KV_BINDING, Kv, answer, bounded_body, feed, lookup, now};
+use super::{Deployment, Kv, answer, bounded_body, feed, lookup, now};
 use crate::cache::RecordCache;
 use crate::decide::{Decision, Denial, Forward, Known, Principal, RequestFacts, Step, key_ip_allowed};
 use crate::log::{self, RequestContext};
@@ -99,14 +99,9 @@ pub(super) async fn token_endpoint(
     }
     let now = now();
     feed::refresh(env, gateway.policy.revocation_poll_ms, now).await;
-    let kv = Kv {
-        inner: env.kv(KV_BINDING)?,
-        cache_ttl: Some(super::KV_CACHE_TTL),
-    };
+    let kv = super::validation_kv(env)?;
     let records = Records { store: &kv, cache };
-    let record = lookup(env, &records, pending.key_id(), now).await;
-    let known = feed::with(|f| Known::new(record).with_feed(f, now));
-    let record = match gateway.authenticate_finish(pending, known, now) {
+    let record = match finish_key(env, gateway, &records, pending, now).await {
         Ok(r) => r,
         Err(d) => return oauth_error(ctx, &refused(&d, realm), realm, Some(&key_id)),
     };
@@ -160,10 +155,7 @@ pub(super) async fn verify_endpoint(
     }
     let now = now();
     feed::refresh(env, policy.revocation_poll_ms, now).await;
-    let kv = Kv {
-        inner: env.kv(KV_BINDING)?,
-        cache_ttl: Some(super::KV_CACHE_TTL),
-    };
+    let kv = super::validation_kv(env)?;
     let records = Records { store: &kv, cache };
     let headers: Vec<(String, String)> = req.headers().entries().collect();
     let (credential, _) = crate::credential::extract(&policy.credentials, headers.as_slice(), None);
@@ -171,9 +163,7 @@ pub(super) async fn verify_endpoint(
     // holding `keys:verify`.
     let caller = async {
         let pending = gateway.authenticate_start(credential)?;
-        let record = lookup(env, &records, pending.key_id(), now).await;
-        let known = feed::with(|f| Known::new(record).with_feed(f, now));
-        let record = gateway.authenticate_finish(pending, known, now)?;
+        let record = finish_key(env, gateway, &records, pending, now).await?;
         if !key_ip_allowed(&record, ctx.client_ip) {
             return Err(Denial::IpNotAllowed);
         }
@@ -276,9 +266,7 @@ async fn subject(
             Err(d) => Err(d),
             Ok(pending) => {
                 let id = pending.key_id().to_string();
-                let record = lookup(env, records, pending.key_id(), now).await;
-                let known = feed::with(|f| Known::new(record).with_feed(f, now));
-                let r = gateway.authenticate_finish(pending, known, now);
+                let r = finish_key(env, gateway, records, pending, now).await;
                 return (r.and_then(|r| allowed_from(r, request.ip)), Some(id));
             }
         }
@@ -293,4 +281,19 @@ fn allowed_from(record: Rc<KeyRecord>, ip: Option<crate::ip::ClientIp>) -> Resul
     } else {
         Err(Denial::IpNotAllowed)
     }
+}
+
+/// The second step for a key presented to a token endpoint, as on a gateway route: its record
+/// (cache, KV, or the registry when the feed calls that stale), then the hash check and its
+/// state against the feed.
+async fn finish_key(
+    env: &Env,
+    gateway: &crate::decide::Gateway,
+    records: &Records<'_, Kv>,
+    pending: crate::decide::PendingAuth,
+    now: crate::time::Timestamp,
+) -> Result<Rc<KeyRecord>, Denial> {
+    let record = lookup(env, records, pending.key_id(), now).await;
+    let known = feed::with(|f| Known::new(record).with_feed(f, now));
+    gateway.authenticate_finish(pending, known, now)
 }
