@@ -541,30 +541,30 @@ impl<D: SqlDb> AdminStore for SqlRegistry<D> {
         limit: usize,
         keep: &mut dyn FnMut(&KeyRecord) -> bool,
     ) -> Result<(Vec<KeyRecord>, Option<KeyCursor>), StoreError> {
-        let mut out = Vec::new();
-        let mut cursor = after.cloned();
-        let mut scanned = 0;
-        loop {
-            let (at, id) = cursor.as_ref().map_or((MAX_SAFE_INTEGER, String::new()), |c| {
-                (c.created_at, c.id.clone())
-            });
-            let sql = format!(
-                "SELECT created_at, id, json FROM records WHERE (created_at < ?2 OR (created_at = ?2 AND id < ?3)) AND (?4 IS NULL OR environment = ?4) AND (?5 IS NULL OR grp = ?5) AND (?6 IS NULL OR {STATUS_SQL} = ?6) ORDER BY created_at DESC, id DESC LIMIT ?7"
-            );
-            let rows = self.db.exec(
-                &sql,
-                &[
-                    now.millis().into(),
-                    at.into(),
-                    id.into(),
-                    filter.environment.clone().into(),
-                    filter.group.clone().into(),
-                    filter.status.map(|s| s.as_str()).into(),
-                    (BATCH as i64).into(),
-                ],
-            )?;
-            let complete = rows.len() < BATCH;
-            for row in rows {
+        let sql = format!(
+            "SELECT created_at, id, json FROM records WHERE (created_at < ?2 OR (created_at = ?2 AND id < ?3)) AND (?4 IS NULL OR environment = ?4) AND (?5 IS NULL OR grp = ?5) AND (?6 IS NULL OR {STATUS_SQL} = ?6) ORDER BY created_at DESC, id DESC LIMIT ?7"
+        );
+        scan(
+            after.cloned(),
+            limit,
+            |cursor: Option<&KeyCursor>| {
+                let (at, id) = cursor.map_or((MAX_SAFE_INTEGER, String::new()), |c| {
+                    (c.created_at, c.id.clone())
+                });
+                self.db.exec(
+                    &sql,
+                    &[
+                        now.millis().into(),
+                        at.into(),
+                        id.into(),
+                        filter.environment.clone().into(),
+                        filter.group.clone().into(),
+                        filter.status.map(|s| s.as_str()).into(),
+                        (BATCH as i64).into(),
+                    ],
+                )
+            },
+            |row| {
                 let (Some(at), Some(id), Some(json)) = (
                     row.first().and_then(SqlValue::int),
                     row.get(1).and_then(SqlValue::text),
@@ -572,29 +572,16 @@ impl<D: SqlDb> AdminStore for SqlRegistry<D> {
                 ) else {
                     return Err(err("a records row has the wrong shape"));
                 };
-                scanned += 1;
-                cursor = Some(KeyCursor {
+                let cursor = KeyCursor {
                     created_at: at,
                     id: id.to_owned(),
-                });
+                };
                 // A corrupt record cannot be shown; it is skipped here (and fails closed on the
                 // validation path, answers 500 on GET, and can be deleted).
-                if let Ok(r) = serde_json::from_str::<KeyRecord>(json)
-                    && keep(&r)
-                {
-                    out.push(r);
-                    if out.len() >= limit {
-                        return Ok((out, cursor));
-                    }
-                }
-                if scanned >= MAX_SCAN {
-                    return Ok((out, cursor));
-                }
-            }
-            if complete {
-                return Ok((out, None));
-            }
-        }
+                let record = serde_json::from_str::<KeyRecord>(json).ok().filter(|r| keep(r));
+                Ok((cursor, record))
+            },
+        )
     }
 
     /// A page of audit events (their JSON), newest first, optionally of one key, then filtered
@@ -607,21 +594,21 @@ impl<D: SqlDb> AdminStore for SqlRegistry<D> {
         limit: usize,
         keep: &mut AuditKeep<'_>,
     ) -> Result<(Vec<String>, Option<i64>), StoreError> {
-        let mut out = Vec::new();
-        let mut cursor = before;
-        let mut scanned = 0;
-        loop {
-            let rows = self.db.exec(
-                "SELECT seq, key_id, json FROM audit WHERE seq < ?1 AND (?2 IS NULL OR key_id = ?2) AND (expires_at IS NULL OR expires_at > ?3) ORDER BY seq DESC LIMIT ?4",
-                &[
-                    cursor.unwrap_or(MAX_SAFE_INTEGER).into(),
-                    key_id.map(|k| k.to_string()).into(),
-                    now.millis().into(),
-                    (BATCH as i64).into(),
-                ],
-            )?;
-            let complete = rows.len() < BATCH;
-            for row in rows {
+        scan(
+            before,
+            limit,
+            |cursor: Option<&i64>| {
+                self.db.exec(
+                    "SELECT seq, key_id, json FROM audit WHERE seq < ?1 AND (?2 IS NULL OR key_id = ?2) AND (expires_at IS NULL OR expires_at > ?3) ORDER BY seq DESC LIMIT ?4",
+                    &[
+                        cursor.copied().unwrap_or(MAX_SAFE_INTEGER).into(),
+                        key_id.map(|k| k.to_string()).into(),
+                        now.millis().into(),
+                        (BATCH as i64).into(),
+                    ],
+                )
+            },
+            |row| {
                 let (Some(seq), Some(json)) = (
                     row.first().and_then(SqlValue::int),
                     row.get(2).and_then(SqlValue::text),
@@ -629,22 +616,9 @@ impl<D: SqlDb> AdminStore for SqlRegistry<D> {
                     return Err(err("an audit row has the wrong shape"));
                 };
                 let key = row.get(1).and_then(SqlValue::text);
-                scanned += 1;
-                cursor = Some(seq);
-                if keep(key, json)? {
-                    out.push(json.to_owned());
-                    if out.len() >= limit {
-                        return Ok((out, cursor));
-                    }
-                }
-                if scanned >= MAX_SCAN {
-                    return Ok((out, cursor));
-                }
-            }
-            if complete {
-                return Ok((out, None));
-            }
-        }
+                Ok((seq, keep(key, json)?.then(|| json.to_owned())))
+            },
+        )
     }
 
     fn idempotent(&self, scope: &str, key: &str, now: Timestamp) -> Result<Option<Idempotent>, StoreError> {
@@ -715,6 +689,42 @@ impl<D: SqlDb> AdminStore for SqlRegistry<D> {
                 .and_then(SqlValue::int)
                 .map(Timestamp::from_millis),
         })
+    }
+}
+
+/// One page of a list, newest first: `fetch` reads the next batch (at most `BATCH` rows) after
+/// a cursor, `take` turns a row into its cursor and, if kept, an item. Stops when the page is
+/// full, the rows run out (then no cursor), or `MAX_SCAN` rows were read (then the cursor of
+/// the last row read, so nothing is skipped).
+fn scan<C: Clone, T>(
+    start: Option<C>,
+    limit: usize,
+    mut fetch: impl FnMut(Option<&C>) -> Result<Vec<Vec<SqlValue>>, StoreError>,
+    mut take: impl FnMut(&[SqlValue]) -> Result<(C, Option<T>), StoreError>,
+) -> Result<(Vec<T>, Option<C>), StoreError> {
+    let mut out = Vec::new();
+    let mut cursor = start;
+    let mut scanned = 0;
+    loop {
+        let rows = fetch(cursor.as_ref())?;
+        let complete = rows.len() < BATCH;
+        for row in rows {
+            let (at, item) = take(&row)?;
+            scanned += 1;
+            cursor = Some(at);
+            if let Some(item) = item {
+                out.push(item);
+                if out.len() >= limit {
+                    return Ok((out, cursor));
+                }
+            }
+            if scanned >= MAX_SCAN {
+                return Ok((out, cursor));
+            }
+        }
+        if complete {
+            return Ok((out, None));
+        }
     }
 }
 
