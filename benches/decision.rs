@@ -188,6 +188,9 @@ fn record(key: &ApiKey, hasher: &KeyHasher) -> KeyRecord {
         hash_version,
         hash,
         version: 1,
+        rate_tier: None,
+        metered: false,
+        refill: None,
     }
 }
 

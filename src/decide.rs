@@ -548,6 +548,9 @@ impl Gateway {
             hash_version: crate::key::HashVersion::Sha256,
             hash: String::new(),
             version: claims.ver,
+            rate_tier: claims.rate_tier,
+            metered: claims.metered,
+            refill: None,
         };
         match feed.verdict(&record, now) {
             Verdict::Current => Ok(record),

@@ -27,6 +27,7 @@ use worker::{
 
 mod durable;
 mod feed;
+mod metering;
 mod tokens;
 
 /// The gateway and where it forwards, built once per isolate from the env.
@@ -236,14 +237,14 @@ fn stamp(mut response: Response, request_id: &str) -> worker::Result<Response> {
 }
 
 #[event(fetch)]
-async fn fetch(req: Request, env: Env, _ctx: Context) -> worker::Result<Response> {
+async fn fetch(req: Request, env: Env, ctx: Context) -> worker::Result<Response> {
     let cf_ray = req.headers().get("cf-ray").ok().flatten();
     let request_id = log::request_id(cf_ray.as_deref(), || {
         crate::key::random_hex(8).unwrap_or_else(|_| "0".repeat(16))
     });
     let method = req.inner().method().to_ascii_uppercase();
     let path = req.url().map(|u| u.path().to_owned()).unwrap_or_default();
-    let response = match handle(req, &env, &request_id).await {
+    let response = match handle(req, &env, &ctx, &request_id).await {
         Ok(r) => r,
         Err(e) => {
             let prefix = KeyPrefix::default();
@@ -264,6 +265,10 @@ async fn fetch(req: Request, env: Env, _ctx: Context) -> worker::Result<Response
             )?
         }
     };
+    // Usage counts reach the registry at most once per flush interval, after the response.
+    if let Ok(d) = deployment(&env) {
+        metering::flush_usage(&env, &ctx, d.gateway.policy.usage_flush_seconds, now());
+    }
     stamp(response, &request_id)
 }
 
@@ -290,7 +295,7 @@ fn with_extra_headers(response: Response, extra: &[(&'static str, String)]) -> w
     Ok(response.with_headers(copy))
 }
 
-async fn handle(req: Request, env: &Env, request_id: &str) -> worker::Result<Response> {
+async fn handle(req: Request, env: &Env, wctx: &Context, request_id: &str) -> worker::Result<Response> {
     let url = req.url()?;
     let raw_path = url.path().to_owned();
     // The runtime's `Method` maps unknown methods to GET; decisions use the method as sent.
@@ -396,7 +401,28 @@ async fn handle(req: Request, env: &Env, request_id: &str) -> worker::Result<Res
     // The revocation feed, at most once per `revocation_poll_ms` per isolate: tokens are
     // checked against it in the first step, key records in the second.
     feed::refresh(env, policy.revocation_poll_ms, now).await;
-    let (decision, trace) = match feed::with(|f| gateway.start(&facts, now, f)) {
+    let step = feed::with(|f| gateway.start(&facts, now, f));
+    // An address past the failed-authentication limit gets 429 before any lookup.
+    let client = client_ip.map(|i| i.to_string());
+    let guard = policy.limits.failed_auth.as_ref().zip(client.as_deref());
+    if let Some((tier, ip)) = guard
+        && unverified(&step)
+        && let Some(retry) = metering::blocked(ip, now)
+    {
+        let route = match &step {
+            Step::NeedRecord(p) => Some(p.route_index()),
+            Step::Done(_, t) => t.route.get(),
+        };
+        let response = answer(
+            &ctx,
+            &problem::auth_failures_limited(tier, retry),
+            route,
+            None,
+            None,
+        )?;
+        return with_extra_headers(response, &gateway.cors_headers(&facts));
+    }
+    let (decision, trace) = match step {
         Step::Done(decision, trace) => (decision, trace),
         Step::NeedRecord(pending) => {
             let record = lookup(env, &records, pending.key_id(), now).await;
@@ -410,6 +436,16 @@ async fn handle(req: Request, env: &Env, request_id: &str) -> worker::Result<Res
     };
     match decision {
         Decision::Deny(d) => {
+            if let Some((tier, ip)) = guard
+                && crate::limits::counts_as_failed_auth(&d)
+            {
+                metering::failed_auth(env, tier, ip, now).await;
+            }
+            if crate::usage::counted(&d)
+                && let Some(k) = trace.key_id.borrow().as_ref()
+            {
+                metering::count(k, now, Problem::from_denial(&d, &policy.realm).code);
+            }
             let reason = match &d {
                 Denial::StoreUnavailable => Some("the KV read failed"),
                 Denial::RecordInvalid(_) => Some("the stored record does not parse"),
@@ -430,9 +466,17 @@ async fn handle(req: Request, env: &Env, request_id: &str) -> worker::Result<Res
             Ok(Response::empty()?.with_status(204).with_headers(headers))
         }
         Decision::Forward(f) => {
+            let route = trace.route.get();
+            let mut extra = cors;
+            if let Some(principal) = &f.principal {
+                match limits_and_credits(env, wctx, &ctx, policy, route, principal, now).await {
+                    Ok(headers) => extra.extend(headers),
+                    Err(response) => return with_extra_headers(response?, &extra),
+                }
+            }
+            let cors = extra;
             let scheme = url.scheme().to_owned();
             let query = url.query().map(str::to_owned);
-            let route = trace.route.get();
             forward(
                 req,
                 &deployment,
@@ -446,6 +490,97 @@ async fn handle(req: Request, env: &Env, request_id: &str) -> worker::Result<Res
             .await
         }
     }
+}
+
+/// Whether the first step left a credential that is not known to be genuine: a key still to be
+/// looked up, or one refused as a guess. (The failed-auth limiter guards exactly these.)
+fn unverified(step: &Step<'_, '_>) -> bool {
+    match step {
+        Step::NeedRecord(_) => true,
+        Step::Done(Decision::Deny(d), _) => crate::limits::counts_as_failed_auth(d),
+        Step::Done(..) => false,
+    }
+}
+
+/// An authenticated request's rate limit (its key's tier, else its route's), then its credits
+/// (for a metered key, the route's cost), and its count in the key's usage. `Ok`: headers for
+/// the forwarded response; `Err`: the answer instead (429, or 503 when a limiter fails closed
+/// or the credits cannot be checked).
+async fn limits_and_credits(
+    env: &Env,
+    wctx: &Context,
+    ctx: &RequestContext<'_>,
+    policy: &Policy,
+    route: Option<usize>,
+    principal: &crate::decide::Principal,
+    now: Timestamp,
+) -> Result<Vec<(&'static str, String)>, worker::Result<Response>> {
+    use crate::limits::{FailMode, TierChoice};
+    use metering::{Limited, Spend};
+    let key = principal.key_id();
+    let key_str = key.to_string();
+    let matched = route.and_then(|i| policy.routes.get(i));
+    let deny = |p: Problem, code: &str, reason: Option<&str>| {
+        metering::count(key, now, code);
+        Err(answer(ctx, &p, route, Some(&key_str), reason))
+    };
+    let fail_closed = policy.limits.on_error == FailMode::FailClosed;
+    let mut headers = Vec::new();
+    match policy.limits.tier_for(
+        principal.record.rate_tier.as_deref(),
+        matched.and_then(|r| r.rate_tier.as_deref()),
+    ) {
+        TierChoice::None => {}
+        TierChoice::Tier(tier) => match metering::limit(env, tier, &key_str, now).await {
+            Limited::Under => headers.push(("RateLimit-Policy", tier.policy_header())),
+            Limited::Over => return deny(problem::rate_limited(tier), "rate_limited", None),
+            Limited::Failed if fail_closed => {
+                return deny(
+                    problem::limiter_unavailable(),
+                    "limiter_unavailable",
+                    Some("the rate limiter failed (on_error = fail_closed)"),
+                );
+            }
+            Limited::Failed => {}
+        },
+        TierChoice::Unknown if fail_closed => {
+            return deny(
+                problem::limiter_unavailable(),
+                "limiter_unavailable",
+                Some("the key names a rate tier the policy does not declare"),
+            );
+        }
+        TierChoice::Unknown => {}
+    }
+    if principal.record.metered {
+        let cost = matched.map_or(1, |r| r.cost);
+        match metering::spend(env, wctx, key, cost, now).await {
+            Spend::Spent => {}
+            Spend::Exhausted(retry) => {
+                return deny(problem::credits_exhausted(cost, retry), "credits_exhausted", None);
+            }
+            Spend::NoKey => {
+                let p = Problem::from_denial(&Denial::InvalidKey, &policy.realm);
+                return Err(answer(
+                    ctx,
+                    &p,
+                    route,
+                    Some(&key_str),
+                    Some("the registry no longer knows the key"),
+                ));
+            }
+            Spend::Unavailable(reason) => {
+                let reason = format!("the registry is unreachable for credits: {reason}");
+                return deny(
+                    problem::credits_unavailable(),
+                    "credits_unavailable",
+                    Some(&reason),
+                );
+            }
+        }
+    }
+    metering::count(key, now, crate::usage::ALLOWED);
+    Ok(headers)
 }
 
 /// Forward what the gateway matched and vouches for: the canonical path, the query without

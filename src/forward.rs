@@ -229,6 +229,8 @@ pub fn assertion(
             .map_or_else(|| record.tenants.clone(), |t| vec![t]),
         ip_allowlist: record.ip_allowlist.clone(),
         ver: record.version,
+        rate_tier: None,
+        metered: false,
         htm: Some(method.to_owned()),
         htu: Some(path.to_owned()),
         metadata: (!record.metadata.is_empty()).then(|| record.metadata.clone()),

@@ -5,10 +5,12 @@ pub mod admin;
 pub mod bundled;
 pub mod cache;
 pub mod credential;
+pub mod credits;
 pub mod decide;
 pub mod forward;
 pub mod ip;
 pub mod key;
+pub mod limits;
 pub mod log;
 pub mod oauth;
 pub mod openapi;
@@ -22,6 +24,7 @@ pub mod scope;
 pub mod store;
 pub mod time;
 pub mod token;
+pub mod usage;
 pub mod verify;
 
 #[cfg(target_arch = "wasm32")]

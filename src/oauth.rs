@@ -300,6 +300,8 @@ pub fn issue(
         tenants,
         ip_allowlist: record.ip_allowlist.clone(),
         ver: record.version,
+        rate_tier: record.rate_tier.clone(),
+        metered: record.metered,
         htm: None,
         htu: None,
         metadata: None,

@@ -13,6 +13,7 @@ use serde::Deserialize;
 
 use crate::ip::IpAllowlist;
 use crate::key::{Environment, KeyPrefix};
+use crate::limits::Limits;
 use crate::path::PathRules;
 pub(crate) use crate::path::percent_decode;
 use crate::scope::{ScopeTemplate, is_segment};
@@ -59,7 +60,17 @@ struct PolicyDoc {
     #[serde(default)]
     tokens: TokensDoc,
     #[serde(default)]
+    limits: crate::limits::LimitsDoc,
+    #[serde(default)]
+    usage: UsageDoc,
+    #[serde(default)]
     routes: Vec<RouteDoc>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct UsageDoc {
+    flush_seconds: Option<u32>,
 }
 
 #[derive(Deserialize, Default)]
@@ -132,6 +143,8 @@ struct RouteDoc {
     #[serde(default)]
     public: bool,
     cors: Option<CorsDoc>,
+    rate_tier: Option<String>,
+    cost: Option<u64>,
 }
 
 /// Where credentials are read from.
@@ -159,6 +172,10 @@ pub struct Policy {
     pub path_rules: PathRules,
     pub forwarding: Forwarding,
     pub tokens: TokenPolicy,
+    /// Rate-limit tiers, the failed-authentication limiter, and what a limiter error means.
+    pub limits: Limits,
+    /// Each isolate hands its usage counts to the registry at most this often (seconds).
+    pub usage_flush_seconds: u32,
     /// Route mode: the worker runs on a Cloudflare route in front of its own origin, and serves
     /// only these hostnames (lowercase; `host:port` for a non-default port). `None`: forward to
     /// the `ORIGIN` var.
@@ -270,6 +287,9 @@ pub const DEFAULT_REVOCATION_POLL_MS: u32 = 1_000;
 pub const MIN_REVOCATION_POLL_MS: u32 = 100;
 pub const MAX_REVOCATION_POLL_MS: u32 = 60_000;
 pub const DEFAULT_NEGATIVE_TTL: u32 = 5;
+/// Usage counts reach the registry at most once a minute per isolate by default.
+pub const DEFAULT_USAGE_FLUSH_SECONDS: u32 = 60;
+pub const MAX_USAGE_FLUSH_SECONDS: u32 = 3_600;
 pub const DEFAULT_EXPIRY_WARNING: u32 = 7 * 24 * 3600;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -370,6 +390,10 @@ pub struct Route {
     pub tenant_param: Option<String>,
     pub public: bool,
     pub cors: Option<Cors>,
+    /// The rate tier of keys that name none.
+    pub rate_tier: Option<String>,
+    /// Credits a request spends from a metered key (default 1).
+    pub cost: u64,
 }
 
 impl Route {
@@ -501,6 +525,23 @@ impl Policy {
             .enumerate()
             .map(|(i, r)| Route::from_doc(i, r).map_err(|e| PolicyError(format!("routes[{i}]: {e}"))))
             .collect::<Result<Vec<_>, _>>()?;
+        let limits = Limits::from_doc(doc.limits)?;
+        for r in &routes {
+            if let Some(t) = &r.rate_tier
+                && !limits.tiers.contains_key(t)
+            {
+                return Err(PolicyError(format!(
+                    "routes[{}]: rate_tier {t:?} is not a tier of limits.tiers",
+                    r.index
+                )));
+            }
+        }
+        let usage_flush_seconds = doc.usage.flush_seconds.unwrap_or(DEFAULT_USAGE_FLUSH_SECONDS);
+        if !(1..=MAX_USAGE_FLUSH_SECONDS).contains(&usage_flush_seconds) {
+            return Err(PolicyError(format!(
+                "usage.flush_seconds must be between 1 and {MAX_USAGE_FLUSH_SECONDS}"
+            )));
+        }
         let forwarding = Forwarding {
             strip_headers: doc
                 .forwarding
@@ -539,6 +580,8 @@ impl Policy {
             },
             forwarding,
             tokens,
+            limits,
+            usage_flush_seconds,
             route_mode,
             admin,
             default: doc.default,
@@ -665,7 +708,18 @@ impl Route {
             return Err(PolicyError("environments is empty: no key could pass".into()));
         }
         let cors = r.cors.map(Cors::from_doc).transpose()?;
+        if r.public && (r.rate_tier.is_some() || r.cost.is_some()) {
+            return Err(PolicyError(
+                "a public route takes no key, so it has no rate tier or cost (limits apply per key)".into(),
+            ));
+        }
+        let cost = r.cost.unwrap_or(1);
+        if !(1..=crate::credits::MAX_CREDITS).contains(&cost) {
+            return Err(PolicyError("cost must be between 1 and 1000000000000".into()));
+        }
         Ok(Route {
+            rate_tier: r.rate_tier,
+            cost,
             cors,
             index,
             methods,

@@ -239,6 +239,81 @@ pub fn policy_invalid() -> Problem {
     )
 }
 
+// ---- limits and credits ------------------------------------------------------------------------
+
+/// `429 rate_limited`: the key is over its tier's limit.
+pub fn rate_limited(tier: &crate::limits::Tier) -> Problem {
+    let mut p = Problem::new(
+        429,
+        "rate_limited",
+        "Rate limited",
+        format!(
+            "This key is over the limit of its rate tier `{}`: {} requests per {} seconds.",
+            tier.name, tier.limit, tier.period
+        ),
+    )
+    .with("rate_tier", json!(tier.name));
+    p.headers.extend(tier.exceeded_headers());
+    p
+}
+
+/// `429 rate_limited`: too many failed authentications from this address.
+pub fn auth_failures_limited(tier: &crate::limits::Tier, retry_after: u32) -> Problem {
+    Problem::new(
+        429,
+        "rate_limited",
+        "Rate limited",
+        format!(
+            "Too many failed authentications from this address (at most {} per {} seconds). Try again later.",
+            tier.limit, tier.period
+        ),
+    )
+    .header("Retry-After", retry_after.to_string())
+    .header("RateLimit-Policy", tier.policy_header())
+    .header("RateLimit", format!("\"{}\";r=0;t={retry_after}", tier.name))
+}
+
+/// `503 limiter_unavailable`: a limiter failed and the policy says `fail_closed`.
+pub fn limiter_unavailable() -> Problem {
+    Problem::new(
+        503,
+        "limiter_unavailable",
+        "Limiter unavailable",
+        "The rate limiter could not be reached, and this gateway fails closed when it cannot.",
+    )
+    .header("Retry-After", "5")
+}
+
+/// `429 credits_exhausted`: not enough credits for this route's cost; `Retry-After` until the
+/// next refill, when the key has one.
+pub fn credits_exhausted(cost: u64, retry_after: Option<u64>) -> Problem {
+    let detail = match retry_after {
+        Some(_) => format!(
+            "This key has fewer credits left than this request costs ({cost}). They are refilled at the time in Retry-After."
+        ),
+        None => {
+            format!("This key has fewer credits left than this request costs ({cost}), and it has no refill.")
+        }
+    };
+    let p = Problem::new(429, "credits_exhausted", "Credits exhausted", detail).with("cost", json!(cost));
+    match retry_after {
+        Some(s) => p.header("Retry-After", s.to_string()),
+        None => p,
+    }
+}
+
+/// `503 credits_unavailable`: the registry, which holds the credits, did not answer. Credits
+/// are never spent without it (fail closed).
+pub fn credits_unavailable() -> Problem {
+    Problem::new(
+        503,
+        "credits_unavailable",
+        "Credits unavailable",
+        "This key is metered, and its credits could not be checked. Try again shortly.",
+    )
+    .header("Retry-After", "2")
+}
+
 // ---- admin API -------------------------------------------------------------------------------
 
 /// `503 admin_disabled`: no `ADMIN_TOKEN` is set.

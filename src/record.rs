@@ -46,6 +46,15 @@ pub struct KeyRecord {
     /// stored version plus one). Served as the `ETag`; the revocation feed compares it.
     #[serde(default)]
     pub version: u64,
+    /// The rate-limit tier (`limits.tiers` of the policy); `None`: the route's, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rate_tier: Option<String>,
+    /// The key spends credits (`crate::credits`); the balance itself lives in the registry.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub metered: bool,
+    /// How a metered key's credits are refilled.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub refill: Option<crate::credits::Refill>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -98,6 +107,9 @@ impl KeyRecord {
         if let Value::Object(m) = &mut v {
             m.remove("hash");
             m.remove("hash_version");
+            m.remove("metered");
+            m.entry("rate_tier").or_insert(Value::Null);
+            m.entry("refill").or_insert(Value::Null);
             m.insert(
                 "status".into(),
                 serde_json::to_value(self.status(now)).unwrap_or(Value::Null),
@@ -240,6 +252,9 @@ pub(crate) mod tests {
             hash_version: HashVersion::Sha256,
             hash: "00".into(),
             version: 1,
+            rate_tier: None,
+            metered: false,
+            refill: None,
         }
     }
 

@@ -123,7 +123,10 @@ pub fn narrowing(
     let grants_changed = before.scopes != after.scopes
         || before.ip_allowlist != after.ip_allowlist
         || before.tenants != after.tenants
-        || before.environment != after.environment;
+        || before.environment != after.environment
+        // What limits the key: metering, and its rate tier (tokens carry both).
+        || before.metered != after.metered
+        || before.rate_tier != after.rate_tier;
     if grants_changed {
         out.push((Kind::Changed, now));
     }

@@ -372,6 +372,12 @@ pub struct AccessClaims {
     pub ip_allowlist: IpAllowlist,
     /// The key record's version when the token was issued.
     pub ver: u64,
+    /// The key's rate tier, when it names one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rate_tier: Option<String>,
+    /// The key spends credits: so does every request with this token.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub metered: bool,
     /// Assertion only: the request method.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub htm: Option<String>,
@@ -437,6 +443,8 @@ mod tests {
             tenants: vec!["acme".into()],
             ip_allowlist: IpAllowlist::parse(&["10.0.0.0/8", "192.0.2.1"]).unwrap(),
             ver: 3,
+            rate_tier: None,
+            metered: false,
             htm: None,
             htu: None,
             metadata: None,

@@ -32,6 +32,9 @@ pub enum AuditAction {
     KeyRotate,
     #[serde(rename = "key.delete")]
     KeyDelete,
+    /// A metered key's balance was set or topped up.
+    #[serde(rename = "key.credits")]
+    KeyCredits,
     /// A denied attempt (bad credential, or an authenticated caller refused).
     #[serde(rename = "admin.denied")]
     AdminDenied,

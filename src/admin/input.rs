@@ -8,6 +8,7 @@ use serde::Deserialize;
 use serde_json::{Map, Value};
 
 use crate::credential::HeaderSource;
+use crate::credits::{MAX_CREDITS, Refill};
 use crate::ip::IpAllowlist;
 use crate::key::Environment;
 use crate::problem::{
@@ -147,6 +148,10 @@ pub(super) struct CreateBody {
     pub(super) metadata: Option<Value>,
     pub(super) expires_in: Option<Value>,
     pub(super) expires_at: Option<String>,
+    pub(super) rate_tier: Option<String>,
+    /// Makes the key metered, with this balance.
+    pub(super) credits: Option<u64>,
+    pub(super) refill: Option<Refill>,
 }
 
 /// `Some(None)` is an explicit `null`: clear the field.
@@ -179,6 +184,21 @@ pub(super) struct PatchBody {
     pub(super) expires_at: Option<Option<String>>,
     #[serde(default, deserialize_with = "not_null")]
     pub(super) enabled: Option<bool>,
+    #[serde(default, deserialize_with = "nullable")]
+    pub(super) rate_tier: Option<Option<String>>,
+    /// A number sets the balance (and meters the key); `null` stops metering.
+    #[serde(default, deserialize_with = "nullable")]
+    pub(super) credits: Option<Option<u64>>,
+    #[serde(default, deserialize_with = "nullable")]
+    pub(super) refill: Option<Option<Refill>>,
+}
+
+/// `POST /admin/keys/{id}/credits`: exactly one of the two.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct CreditsBody {
+    pub(super) add: Option<u64>,
+    pub(super) set: Option<u64>,
 }
 
 /// Absent is `None`; an explicit `null` is a type error (these fields cannot be cleared).
@@ -428,4 +448,44 @@ pub(super) fn expiry(
         },
         (None, None) => Ok(None),
     }
+}
+
+/// A rate tier the policy declares (`limits.tiers`).
+pub(super) fn valid_rate_tier(
+    policy: &crate::policy::Policy,
+    tier: Option<String>,
+) -> Result<Option<String>, Problem> {
+    match tier {
+        None => Ok(None),
+        Some(t) if policy.limits.tiers.contains_key(&t) => Ok(Some(t)),
+        Some(t) => {
+            let known: Vec<&str> = policy.limits.tiers.keys().map(String::as_str).collect();
+            let known = if known.is_empty() {
+                "This deployment declares no tiers (limits.tiers in the policy).".to_owned()
+            } else {
+                format!("Declared: {}.", known.join(", "))
+            };
+            Err(invalid_field(
+                "rate_tier",
+                format!(
+                    "`{}` is not a rate tier of this deployment. {known}",
+                    t.chars().take(40).collect::<String>()
+                ),
+            ))
+        }
+    }
+}
+
+pub(super) fn valid_credits(field: &str, n: u64) -> Result<u64, Problem> {
+    if n > MAX_CREDITS {
+        return Err(invalid_field(field, format!("At most {MAX_CREDITS} credits.")));
+    }
+    Ok(n)
+}
+
+pub(super) fn valid_refill(r: Option<Refill>) -> Result<Option<Refill>, Problem> {
+    if let Some(p) = r.as_ref().and_then(Refill::problem) {
+        return Err(invalid_field("refill", p));
+    }
+    Ok(r)
 }

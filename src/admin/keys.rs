@@ -22,10 +22,11 @@ use super::audit::{AuditAction, changed_fields};
 use super::idempotency::if_match;
 use super::input::{
     CreateBody, PatchBody, RevokeBody, RotateBody, check_header_size, duration, expiry, no_key_inside,
-    parse_body, valid_allowlist, valid_description, valid_environment, valid_group, valid_metadata,
-    valid_name, valid_scopes, valid_tenants, valid_text,
+    parse_body, valid_allowlist, valid_credits, valid_description, valid_environment, valid_group,
+    valid_metadata, valid_name, valid_rate_tier, valid_refill, valid_scopes, valid_tenants, valid_text,
 };
 use super::{AdminContext, AdminRequest, AdminResult, Reply, ok};
+use crate::registry::meter::MeterOp;
 
 /// The retired record: its successor, and its expiry capped at the grace end.
 fn retirement_of(r: &Retirement, record: &mut KeyRecord) {
@@ -82,6 +83,11 @@ impl<S: AdminStore> AdminContext<'_, S> {
         let expires_at = expiry(body.expires_in.as_ref(), body.expires_at.as_deref(), self.now)?;
         let description = valid_description(body.description)?;
         let group = valid_group(body.group)?;
+        let rate_tier = valid_rate_tier(&self.gateway.policy, body.rate_tier)?;
+        let refill = valid_refill(body.refill)?;
+        let credits = body.credits.map(|n| valid_credits("credits", n)).transpose()?;
+        // Metered when given credits or a refill (which then gives the first balance).
+        let balance = credits.or(refill.map(|r| r.amount));
 
         let (key, record) = self.new_key(environment, |id, hash_version, hash| KeyRecord {
             id,
@@ -105,14 +111,22 @@ impl<S: AdminStore> AdminContext<'_, S> {
             hash_version,
             hash,
             version: 1,
+            rate_tier,
+            metered: balance.is_some(),
+            refill,
         })?;
         check_header_size(&record)?;
         actor.may_manage(&record)?;
         no_key_inside(&record, &self.gateway.policy.key_prefix, self.now)?;
         let record = self.records.put(record, self.now).await.map_err(store_error)?;
+        if let Some(b) = balance {
+            self.records.store.queue_meter(&record.id, MeterOp::Set(b));
+            self.records
+                .store
+                .queue_meter(&record.id, MeterOp::Refill(refill));
+        }
         self.audit(actor, AuditAction::KeyCreate, &record.id, req.client_ip, vec![]);
-        ok(201, json!({"key": key.expose(), "record": record.view(self.now)}))
-            .map(|r| r.tagged(record.version))
+        ok(201, json!({"key": key.expose(), "record": self.show(&record)?})).map(|r| r.tagged(record.version))
     }
 
     /// A fresh key and the record built around its id and hash.
@@ -182,6 +196,42 @@ impl<S: AdminStore> AdminContext<'_, S> {
         if let Some(e) = body.enabled {
             next.enabled = e;
         }
+        if let Some(t) = body.rate_tier {
+            next.rate_tier = valid_rate_tier(&self.gateway.policy, t)?;
+        }
+        // Credits: a number meters the key with that balance, `null` stops metering (and its
+        // refill); a refill alone meters the key from the refill's amount.
+        let mut meter_ops = Vec::new();
+        match body.credits {
+            Some(Some(n)) => {
+                next.metered = true;
+                meter_ops.push(MeterOp::Set(valid_credits("credits", n)?));
+            }
+            Some(None) => {
+                if body.refill.flatten().is_some() {
+                    return Err(invalid_field(
+                        "refill",
+                        "A key without credits has no refill: drop `refill`, or give `credits`.",
+                    ));
+                }
+                next.metered = false;
+                next.refill = None;
+                meter_ops.push(MeterOp::Remove);
+            }
+            None => {}
+        }
+        if let Some(r) = body.refill {
+            next.refill = valid_refill(r)?;
+            if let Some(r) = next.refill
+                && !next.metered
+            {
+                next.metered = true;
+                meter_ops.push(MeterOp::Set(r.amount));
+            }
+            if next.metered {
+                meter_ops.push(MeterOp::Refill(next.refill));
+            }
+        }
         check_header_size(&next)?;
         actor.may_manage(&next)?;
         no_key_inside(&next, &self.gateway.policy.key_prefix, self.now)?;
@@ -189,9 +239,27 @@ impl<S: AdminStore> AdminContext<'_, S> {
         // whatever the version).
         if_match(req, &current)?;
 
-        let changed = changed_fields(&current, &next);
+        let mut changed = changed_fields(&current, &next);
+        if next.metered != current.metered {
+            changed.push("metered".into());
+        }
+        let credits_set = meter_ops.iter().any(|op| matches!(op, MeterOp::Set(_)));
+        if !meter_ops.is_empty() {
+            for op in meter_ops {
+                self.records.store.queue_meter(&current.id, op);
+            }
+            if credits_set && next.metered == current.metered {
+                self.audit(
+                    actor,
+                    AuditAction::KeyCredits,
+                    &current.id,
+                    req.client_ip,
+                    vec!["credits_remaining".into()],
+                );
+            }
+        }
         if changed.is_empty() {
-            return ok(200, current.view(self.now)).map(|r| r.tagged(current.version));
+            return ok(200, self.show(&current)?).map(|r| r.tagged(current.version));
         }
         next.updated_at = self.now;
         next.version = current.version.saturating_add(1);
@@ -213,7 +281,7 @@ impl<S: AdminStore> AdminContext<'_, S> {
         if !others.is_empty() {
             self.audit(actor, AuditAction::KeyUpdate, &saved.id, req.client_ip, others);
         }
-        ok(200, saved.view(self.now)).map(|r| r.tagged(saved.version))
+        ok(200, self.show(&saved)?).map(|r| r.tagged(saved.version))
     }
 
     pub(super) async fn revoke<H: HeaderSource + ?Sized>(
@@ -228,7 +296,7 @@ impl<S: AdminStore> AdminContext<'_, S> {
         if_match(req, &current)?;
         if current.revoked_at.is_some() {
             // Irreversible and idempotent: the first revocation stands.
-            return ok(200, current.view(self.now)).map(|r| r.tagged(current.version));
+            return ok(200, self.show(&current)?).map(|r| r.tagged(current.version));
         }
         // The fact first, then the record: whatever else writes the record afterwards finds
         // the marker and keeps the revocation.
@@ -255,7 +323,7 @@ impl<S: AdminStore> AdminContext<'_, S> {
             req.client_ip,
             vec!["revoked_at".into(), "revoke_reason".into()],
         );
-        ok(200, saved.view(self.now)).map(|r| r.tagged(saved.version))
+        ok(200, self.show(&saved)?).map(|r| r.tagged(saved.version))
     }
 
     pub(super) async fn rotate<H: HeaderSource + ?Sized>(
@@ -327,6 +395,18 @@ impl<S: AdminStore> AdminContext<'_, S> {
             let _ = self.records.delete(&new_record.id, self.now).await;
             return Err(p);
         }
+        // The balance moves to the successor: the two keys never spend the same credits.
+        if new_record.metered
+            && let Some(c) = self.records.store.credits(&old, self.now).map_err(store_error)?
+        {
+            self.records
+                .store
+                .queue_meter(&new_record.id, MeterOp::Set(c.remaining));
+            self.records
+                .store
+                .queue_meter(&new_record.id, MeterOp::Refill(new_record.refill));
+            self.records.store.queue_meter(&old.id, MeterOp::Set(0));
+        }
         self.audit(
             actor,
             AuditAction::KeyRotate,
@@ -343,7 +423,7 @@ impl<S: AdminStore> AdminContext<'_, S> {
         );
         ok(
             201,
-            json!({"key": key.expose(), "record": new_record.view(self.now)}),
+            json!({"key": key.expose(), "record": self.show(&new_record)?}),
         )
         .map(|r| r.tagged(new_record.version))
     }

@@ -47,7 +47,10 @@ impl<S: AdminStore> AdminContext<'_, S> {
                 actor.sees(r)
             })
             .map_err(store_error)?;
-        let keys: Vec<_> = records.iter().map(|r| r.view(self.now)).collect();
+        let keys = records
+            .iter()
+            .map(|r| self.show(r))
+            .collect::<Result<Vec<_>, _>>()?;
         let cursor = next
             .map(|c| sign_cursor(token, &scope, &c.encode()))
             .transpose()?;

@@ -29,6 +29,7 @@ mod idempotency;
 mod input;
 mod keys;
 mod listing;
+mod metering;
 mod routing;
 mod seal;
 

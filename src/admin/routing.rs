@@ -18,6 +18,10 @@ pub(super) enum Endpoint {
     Key(String),
     Revoke(String),
     Rotate(String),
+    /// Set or top up a metered key's credits.
+    Credits(String),
+    /// A key's usage per day.
+    Usage(String),
     Audit,
     /// The registry's own state: the replica's lag and the feed.
     Registry,
@@ -31,6 +35,8 @@ pub(super) fn endpoint(path: &str) -> Option<Endpoint> {
         ["keys", id] => Endpoint::Key((*id).to_owned()),
         ["keys", id, "revoke"] => Endpoint::Revoke((*id).to_owned()),
         ["keys", id, "rotate"] => Endpoint::Rotate((*id).to_owned()),
+        ["keys", id, "credits"] => Endpoint::Credits((*id).to_owned()),
+        ["keys", id, "usage"] => Endpoint::Usage((*id).to_owned()),
         ["audit"] => Endpoint::Audit,
         ["registry"] => Endpoint::Registry,
         _ => return None,
@@ -40,7 +46,11 @@ pub(super) fn endpoint(path: &str) -> Option<Endpoint> {
 /// The key an admin request is about, when its path names a well-formed key id.
 pub fn target_key(path: &str) -> Option<KeyId> {
     match endpoint(path)? {
-        Endpoint::Key(id) | Endpoint::Revoke(id) | Endpoint::Rotate(id) => KeyId::parse(&id),
+        Endpoint::Key(id)
+        | Endpoint::Revoke(id)
+        | Endpoint::Rotate(id)
+        | Endpoint::Credits(id)
+        | Endpoint::Usage(id) => KeyId::parse(&id),
         Endpoint::Keys | Endpoint::Audit | Endpoint::Registry => None,
     }
 }
@@ -71,8 +81,8 @@ impl<S: AdminStore> AdminContext<'_, S> {
         let allow = match ep {
             Endpoint::Keys => "GET, POST",
             Endpoint::Key(_) => "GET, PATCH, DELETE",
-            Endpoint::Revoke(_) | Endpoint::Rotate(_) => "POST",
-            Endpoint::Audit | Endpoint::Registry => "GET",
+            Endpoint::Revoke(_) | Endpoint::Rotate(_) | Endpoint::Credits(_) => "POST",
+            Endpoint::Audit | Endpoint::Registry | Endpoint::Usage(_) => "GET",
         };
         if !allow.split(", ").any(|m| m == req.method) {
             return Err(method_not_allowed(allow));
@@ -80,6 +90,7 @@ impl<S: AdminStore> AdminContext<'_, S> {
         let allowed: &[&str] = match ep {
             Endpoint::Keys if req.method == "GET" => &["limit", "cursor", "environment", "status", "group"],
             Endpoint::Audit if req.method == "GET" => &["limit", "cursor", "key_id"],
+            Endpoint::Usage(_) => &["from", "to"],
             _ => &[],
         };
         let query = Query::parse(req.query, allowed)?;
@@ -97,7 +108,7 @@ impl<S: AdminStore> AdminContext<'_, S> {
             (Endpoint::Key(id), "GET") => {
                 actor.require(SCOPE_READ)?;
                 let record = self.existing(&actor, &id).await?;
-                ok(200, record.view(self.now)).map(|r| r.tagged(record.version))
+                ok(200, self.show(&record)?).map(|r| r.tagged(record.version))
             }
             (Endpoint::Key(id), "PATCH") => {
                 actor.require(SCOPE_WRITE)?;
@@ -117,7 +128,18 @@ impl<S: AdminStore> AdminContext<'_, S> {
                 self.idempotently(&actor, token, req, async || self.rotate(&actor, &id, req).await)
                     .await
             }
-            (Endpoint::Revoke(_) | Endpoint::Rotate(_), _) => Err(method_not_allowed("POST")),
+            (Endpoint::Credits(id), "POST") => {
+                actor.require(SCOPE_WRITE)?;
+                self.change_credits(&actor, &id, req).await
+            }
+            (Endpoint::Usage(id), "GET") => {
+                actor.require(SCOPE_READ)?;
+                self.usage(&actor, &id, &query).await
+            }
+            (Endpoint::Revoke(_) | Endpoint::Rotate(_) | Endpoint::Credits(_), _) => {
+                Err(method_not_allowed("POST"))
+            }
+            (Endpoint::Usage(_), _) => Err(method_not_allowed("GET")),
             (Endpoint::Audit, "GET") => {
                 actor.require(SCOPE_AUDIT)?;
                 self.list_audit(&actor, &query, token).await

@@ -22,12 +22,15 @@ use worker::{
 use super::{KV_BINDING, Kv, TOKEN_WARNED, answer, deployment, now, respond};
 use crate::admin::{AdminContext, AdminRequest};
 use crate::cache::RecordCache;
+use crate::credits::Settlement;
 use crate::ip::ClientIp;
 use crate::key::KeyPrefix;
 use crate::log::{self, RequestContext};
 use crate::problem;
+use crate::registry::meter::LeaseRequest;
 use crate::registry::{AdminStore, SqlDb, SqlRegistry, SqlValue};
 use crate::store::{Records, StoreError};
+use crate::usage::UsageBatch;
 
 pub(super) const BINDING: &str = "REGISTRY";
 /// The one registry object's name.
@@ -35,6 +38,12 @@ pub(super) const NAME: &str = "registry";
 pub(super) const ADMIN_URL: &str = "https://registry.keygate.internal/admin";
 pub(super) const FEED_URL: &str = "https://registry.keygate.internal/feed";
 pub(super) const RECORD_URL: &str = "https://registry.keygate.internal/record/";
+pub(super) const LEASE_URL: &str = "https://registry.keygate.internal/lease";
+pub(super) const SETTLE_URL: &str = "https://registry.keygate.internal/settle";
+pub(super) const USAGE_URL: &str = "https://registry.keygate.internal/usage";
+/// Set to `1`, this var lets the admin token move the registry's clock
+/// (`POST /admin/registry/clock`), for tests of refills. Never set it in a deployment.
+pub(super) const TEST_CLOCK_VAR: &str = "KEYGATE_TEST_CLOCK";
 /// Replica writes one flush makes at most (a Durable Object invocation may make 1,000
 /// subrequests; the rest wait for the next flush, which the alarm schedules).
 const FLUSH_BATCH: usize = 100;
@@ -115,6 +124,8 @@ pub struct Registry {
     imported: Cell<bool>,
     /// This object's own, throwaway record cache: admin reads go to SQL (`Records::load`).
     cache: RefCell<RecordCache>,
+    /// Milliseconds added to the clock (tests only: `KEYGATE_TEST_CLOCK`).
+    clock_offset: Cell<i64>,
 }
 
 impl DurableObject for Registry {
@@ -132,6 +143,7 @@ impl DurableObject for Registry {
             commits: Cell::new(0),
             imported: Cell::new(false),
             cache: RefCell::new(RecordCache::new(1, 0, 0, 0)),
+            clock_offset: Cell::new(0),
         }
     }
 
@@ -167,7 +179,32 @@ impl DurableObject for Registry {
             }
             (Method::Post, "/admin") => {
                 let envelope: Envelope = req.json().await?;
-                self.admin(&registry, envelope)?
+                if envelope.path == "/admin/registry/clock" && self.test_clock() {
+                    self.move_clock(&envelope)?
+                } else {
+                    self.admin(&registry, envelope)?
+                }
+            }
+            (Method::Post, "/lease") => {
+                let request: LeaseRequest = req.json().await?;
+                match registry.lease(&request, self.clock()) {
+                    Ok(answer) => Response::from_json(&answer)?,
+                    Err(e) => Response::error(e.0, 503)?,
+                }
+            }
+            (Method::Post, "/settle") => {
+                let request: SettleRequest = req.json().await?;
+                match registry.settle(&request.key_id, &request.settle) {
+                    Ok(()) => Response::from_json(&serde_json::json!({"settled": request.settle.len()}))?,
+                    Err(e) => Response::error(e.0, 503)?,
+                }
+            }
+            (Method::Post, "/usage") => {
+                let batch: UsageBatch = req.json().await?;
+                match registry.add_usage(&batch) {
+                    Ok(rows) => Response::from_json(&serde_json::json!({"rows": rows}))?,
+                    Err(e) => Response::error(e.0, 503)?,
+                }
             }
             _ => Response::error("not found", 404)?,
         };
@@ -178,7 +215,7 @@ impl DurableObject for Registry {
     async fn alarm(&self) -> worker::Result<Response> {
         if let Ok(registry) = &self.registry {
             let registry = registry.clone();
-            if let Err(e) = registry.prune(now()) {
+            if let Err(e) = registry.prune(self.clock()) {
                 console_error!(
                     "{}",
                     serde_json::json!({"level": "error", "event": "registry", "reason": e.0})
@@ -191,6 +228,51 @@ impl DurableObject for Registry {
 }
 
 impl Registry {
+    fn test_clock(&self) -> bool {
+        self.env.var(TEST_CLOCK_VAR).is_ok_and(|v| v.to_string() == "1")
+    }
+
+    /// The registry's clock: the runtime's, moved by the test offset when one is set.
+    fn clock(&self) -> crate::time::Timestamp {
+        let t = now();
+        crate::time::Timestamp::from_millis(t.millis().saturating_add(self.clock_offset.get()))
+    }
+
+    /// `POST /admin/registry/clock` with `{"offset_seconds": n}` and the admin token, only
+    /// under `KEYGATE_TEST_CLOCK=1`: moves this registry's clock (refills, leases, admin
+    /// times) by `n` seconds from the real one.
+    fn move_clock(&self, envelope: &Envelope) -> worker::Result<Response> {
+        let token = deployment(&self.env).ok().and_then(|d| d.admin_token.clone());
+        let presented = envelope
+            .headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case("authorization"))
+            .and_then(|(_, v)| v.strip_prefix("Bearer "))
+            .map(str::to_owned);
+        let authorized = match (token, presented) {
+            (Some(t), Some(p)) if !t.is_empty() => {
+                subtle::ConstantTimeEq::ct_eq(t.as_bytes(), p.as_bytes()).into()
+            }
+            _ => false,
+        };
+        if !authorized || envelope.method != "POST" {
+            return Response::error("forbidden", 403);
+        }
+        let body = B64.decode(envelope.body.as_bytes()).unwrap_or_default();
+        let offset = serde_json::from_slice::<serde_json::Value>(&body)
+            .ok()
+            .and_then(|v| v.get("offset_seconds").and_then(serde_json::Value::as_i64));
+        let Some(offset) = offset else {
+            return Response::error("give {\"offset_seconds\": n}", 400);
+        };
+        self.clock_offset.set(offset.saturating_mul(1000));
+        console_log!(
+            "{}",
+            serde_json::json!({"level": "warn", "event": "test_clock_moved", "offset_seconds": offset})
+        );
+        Response::from_json(&serde_json::json!({"offset_seconds": offset, "now": self.clock().to_rfc3339()}))
+    }
+
     /// On first use, import the records a KV-only deployment left, before any other request is
     /// delivered (`blockConcurrencyWhile`).
     async fn ensure_imported(&self, registry: &Rc<SqlRegistry<DoSql>>) -> worker::Result<()> {
@@ -230,7 +312,7 @@ impl Registry {
     /// registry's synchronous SQL, so no other request can interleave, and its writes commit
     /// together (or, on an error, only its audit event does).
     fn admin(&self, registry: &SqlRegistry<DoSql>, envelope: Envelope) -> worker::Result<Response> {
-        let started = now();
+        let started = self.clock();
         let deployment = match deployment(&self.env) {
             Ok(d) => d,
             Err(reason) => {
@@ -443,6 +525,32 @@ pub(super) async fn forward_admin(env: &Env, envelope: &Envelope) -> worker::Res
         .with_body(Some(serde_json::to_string(envelope)?.into()));
     stub.fetch_with_request(Request::new_with_init(ADMIN_URL, &init)?)
         .await
+}
+
+/// Leases handed back at their end.
+#[derive(Deserialize)]
+struct SettleRequest {
+    key_id: String,
+    settle: Vec<Settlement>,
+}
+
+/// The gateway side: a JSON call to the registry (`LEASE_URL`, `SETTLE_URL`, `USAGE_URL`).
+pub(super) async fn call<B: Serialize, T: serde::de::DeserializeOwned>(
+    env: &Env,
+    url: &str,
+    body: &B,
+) -> worker::Result<T> {
+    let stub = env.durable_object(BINDING)?.id_from_name(NAME)?.get_stub()?;
+    let mut response = stub
+        .fetch_with_request(super::metering::json_request(url, body)?)
+        .await?;
+    if response.status_code() != 200 {
+        return Err(worker::Error::RustError(format!(
+            "the registry answered {}",
+            response.status_code()
+        )));
+    }
+    response.json().await
 }
 
 /// The gateway side: a key's current record, straight from the registry.

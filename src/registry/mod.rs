@@ -27,6 +27,7 @@
 //! - `idempotency`: sealed responses of create and rotate, 24 h;
 //! - `meta`: whether the KV-era records were imported.
 
+pub mod meter;
 #[cfg(not(target_arch = "wasm32"))]
 pub mod sqlite;
 
@@ -190,6 +191,8 @@ struct Work {
     facts: BTreeMap<String, String>,
     audit: Vec<AuditRow>,
     idempotency: Vec<(String, String, Idempotent)>,
+    /// Changes to keys' credits, in order.
+    meters: Vec<(String, meter::MeterOp)>,
 }
 
 pub struct SqlRegistry<D> {
@@ -208,7 +211,7 @@ fn record_id(key: &str) -> Option<&str> {
 impl<D: SqlDb> SqlRegistry<D> {
     /// Open the registry, creating its tables when they do not exist.
     pub fn open(db: D) -> Result<Self, StoreError> {
-        for statement in SCHEMA {
+        for statement in SCHEMA.iter().chain(meter::SCHEMA) {
             db.exec(statement, &[])?;
         }
         Ok(SqlRegistry {
@@ -293,6 +296,7 @@ impl<D: SqlDb> SqlRegistry<D> {
                     }
                     self.db
                         .exec("DELETE FROM records WHERE id = ?1", &[id.as_str().into()])?;
+                    self.forget_meter(id)?;
                     base.saturating_add(1)
                 }
             };
@@ -341,6 +345,9 @@ impl<D: SqlDb> SqlRegistry<D> {
                 ],
             )?;
         }
+        for (id, op) in &work.meters {
+            self.apply_meter(id, op, now)?;
+        }
         for (scope, k, i) in &work.idempotency {
             self.db.exec(
                 "INSERT INTO idempotency (scope, k, fingerprint, sealed, expires_at) VALUES (?1, ?2, ?3, ?4, ?5) ON CONFLICT (scope, k) DO UPDATE SET fingerprint = excluded.fingerprint, sealed = excluded.sealed, expires_at = excluded.expires_at",
@@ -362,6 +369,7 @@ impl<D: SqlDb> SqlRegistry<D> {
         work.records.clear();
         work.facts.clear();
         work.idempotency.clear();
+        work.meters.clear();
     }
 
     /// Forget what no longer needs keeping: expired audit events and idempotent responses, and
@@ -525,9 +533,33 @@ pub trait AdminStore: KvStore {
     /// The revocation feed: every entry still in retention, and entries of keys whose replica
     /// write is still pending, oldest first.
     fn feed(&self, now: Timestamp) -> Result<FeedPage, StoreError>;
+    /// Queue a change to a key's credits with this request's writes.
+    fn queue_meter(&self, id: &KeyId, op: meter::MeterOp);
+    /// A metered key's credits (with this request's queued changes); `None`: not metered.
+    fn credits(&self, record: &KeyRecord, now: Timestamp) -> Result<Option<meter::CreditsView>, StoreError>;
+    /// (day, code, count) of a key's usage between two day numbers, inclusive.
+    fn usage(&self, id: &KeyId, from: i64, to: i64) -> Result<Vec<(i64, String, u64)>, StoreError>;
+    /// When the key was last used, as isolates reported it (up to a flush interval late).
+    fn last_used_at(&self, id: &KeyId) -> Result<Option<Timestamp>, StoreError>;
 }
 
 impl<D: SqlDb> AdminStore for SqlRegistry<D> {
+    fn queue_meter(&self, id: &KeyId, op: meter::MeterOp) {
+        self.work.borrow_mut().meters.push((id.to_string(), op));
+    }
+
+    fn credits(&self, record: &KeyRecord, now: Timestamp) -> Result<Option<meter::CreditsView>, StoreError> {
+        self.credits_view(&record.id, record.refill.as_ref(), now)
+    }
+
+    fn usage(&self, id: &KeyId, from: i64, to: i64) -> Result<Vec<(i64, String, u64)>, StoreError> {
+        self.usage_rows(id, from, to)
+    }
+
+    fn last_used_at(&self, id: &KeyId) -> Result<Option<Timestamp>, StoreError> {
+        self.last_used(id)
+    }
+
     fn append_audit(&self, row: AuditRow) {
         self.work.borrow_mut().audit.push(row);
     }

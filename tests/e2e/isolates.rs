@@ -68,25 +68,33 @@ fn reproduce(test: &str) {
 }
 
 /// The echo origin and the two gateway services A and B (one workerd process).
-struct Pair {
-    a: String,
-    b: String,
-    admin_token: String,
+pub struct Pair {
+    pub a: String,
+    pub b: String,
+    pub admin_token: String,
+    /// The KV service's counters (`GET /kv-stats`, `POST /kv-stats/reset`).
+    pub control: String,
     dir: PathBuf,
     /// Stopped (process group) before `dir` is removed.
     group: Option<Group>,
-    origin: Origin,
+    pub origin: Origin,
 }
 
 impl Pair {
     fn start() -> Pair {
+        Pair::start_with(crate::shipped_policy_with(json!({})), &[])
+    }
+
+    /// With this policy (JSON text) and extra text vars (`NAME=VALUE`) on both services.
+    pub fn start_with(policy: String, vars: &[&str]) -> Pair {
         let origin = start_origin();
         for _ in 0..3 {
-            if let Some((a, b, admin_token, dir, group)) = Pair::try_start(&origin) {
+            if let Some((a, b, admin_token, dir, group, control)) = Pair::try_start(&origin, &policy, vars) {
                 return Pair {
                     a,
                     b,
                     admin_token,
+                    control,
                     dir,
                     group: Some(group),
                     origin,
@@ -99,12 +107,17 @@ impl Pair {
 
     /// (A's base URL, B's, the admin token, the config directory, the process group), or None
     /// when a port was taken in the meantime.
-    fn try_start(origin: &Origin) -> Option<(String, String, String, PathBuf, Group)> {
-        let (port_a, port_b) = (free_port(), free_port());
+    #[allow(clippy::type_complexity)]
+    fn try_start(
+        origin: &Origin,
+        policy_json: &str,
+        vars: &[&str],
+    ) -> Option<(String, String, String, PathBuf, Group, String)> {
+        let (port_a, port_b, port_control) = (free_port(), free_port(), free_port());
         let dir = std::env::temp_dir().join(format!("keygate-isolates-{}", random_hex(6)));
         std::fs::create_dir_all(&dir).expect("isolates dir");
         let policy = dir.join("policy.json");
-        std::fs::write(&policy, crate::shipped_policy_with(json!({}))).expect("policy file");
+        std::fs::write(&policy, policy_json).expect("policy file");
         let admin_token = random_hex(24);
         let log = dir.join("workerd.log");
         let log_file = std::fs::File::create(&log).expect("log file");
@@ -122,7 +135,13 @@ impl Pair {
             policy.display().to_string(),
             "--dir".into(),
             dir.display().to_string(),
+            "--port-control".into(),
+            port_control.to_string(),
         ];
+        for v in vars {
+            args.push("--var".into());
+            args.push((*v).to_owned());
+        }
         if !registry() {
             args.push("--no-registry".into());
             println!(
@@ -180,10 +199,11 @@ impl Pair {
             admin_token,
             dir,
             group,
+            format!("http://127.0.0.1:{port_control}"),
         ))
     }
 
-    fn admin(&self, base: &str, method: &str, path: &str, body: Option<Value>) -> Resp {
+    pub fn admin(&self, base: &str, method: &str, path: &str, body: Option<Value>) -> Resp {
         let auth = format!("Bearer {}", self.admin_token);
         let body = body.map(|b| b.to_string());
         let mut headers = vec![("Authorization", auth.as_str())];
@@ -209,7 +229,7 @@ impl Pair {
         )
     }
 
-    fn read(&self, base: &str, key: &str, marker: &str) -> Resp {
+    pub fn read(&self, base: &str, key: &str, marker: &str) -> Resp {
         send(
             "GET",
             &format!("{base}/licenses/{marker}"),

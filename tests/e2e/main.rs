@@ -16,6 +16,7 @@ mod attacks;
 mod gateway;
 mod harness;
 mod isolates;
+mod limits;
 mod operations;
 mod registry;
 mod tokens;
@@ -158,15 +159,25 @@ impl Ctx {
     }
 }
 
-/// The policy of wrangler.toml as JSON, with `extra` merged over its top level.
+/// The policy of wrangler.toml as JSON, as the shared workers run it, with `extra` merged
+/// over its top level. Two changes for the suite: the failed-authentication limiter is off
+/// (the suite sends thousands of bad keys from one address; `limits` tests it with the shipped
+/// numbers), and usage is flushed every second (not every minute), so usage tests wait less.
 pub fn shipped_policy_with(extra: Value) -> String {
-    let text = std::fs::read_to_string(harness::root().join("wrangler.toml")).expect("wrangler.toml");
-    let doc: toml::Value = toml::from_str(&text).expect("wrangler.toml parses");
-    let mut policy = serde_json::to_value(&doc["vars"]["POLICY"]).expect("policy as JSON");
+    let mut policy = shipped_policy();
+    policy["limits"]["failed_auth"] = json!({"enabled": false});
+    policy["usage"] = json!({"flush_seconds": 1});
     if let (Some(p), Some(e)) = (policy.as_object_mut(), extra.as_object()) {
         p.extend(e.clone());
     }
     policy.to_string()
+}
+
+/// The policy of wrangler.toml as JSON, unchanged.
+pub fn shipped_policy() -> Value {
+    let text = std::fs::read_to_string(harness::root().join("wrangler.toml")).expect("wrangler.toml");
+    let doc: toml::Value = toml::from_str(&text).expect("wrangler.toml parses");
+    serde_json::to_value(&doc["vars"]["POLICY"]).expect("policy as JSON")
 }
 
 /// The tests that use the shared `wrangler dev` workers of `Ctx`.
@@ -180,6 +191,7 @@ fn shared_tests() -> impl Iterator<Item = &'static (&'static str, fn(&Ctx))> {
         .chain(registry::TESTS)
         .chain(tokens::TESTS)
         .chain(verify::TESTS)
+        .chain(limits::TESTS)
 }
 
 fn main() {
@@ -189,7 +201,9 @@ fn main() {
     // The isolates suite starts its own workerd; the shared workers below start only when a
     // selected test needs them (`cargo test --test e2e -- isolates` runs that suite alone).
     if shared_tests().all(|(name, _)| args.is_filtered_out(&Trial::test(*name, || Ok(())))) {
-        libtest_mimic::run(&args, isolates::trials()).exit();
+        let mut trials = isolates::trials();
+        trials.extend(limits::trials());
+        libtest_mimic::run(&args, trials).exit();
     }
     let origin = start_origin();
     let origin_port = origin.port;
@@ -206,11 +220,13 @@ fn main() {
         "forwarding": {"strip_headers": ["X-Internal-Debug"]},
         "admin": {"hostnames": ["admin.localhost"], "ip_allowlist": ["10.0.0.0/8"]}
     }));
+    let suite_policy = shipped_policy_with(json!({}));
+    let (p1, p2, p3) = (suite_policy.clone(), suite_policy.clone(), suite_policy);
     // Start the three workers side by side: each takes a while to boot.
     let main = std::thread::spawn(move || {
         start_worker(WorkerOptions {
             origin: origin_var,
-            policy: None,
+            policy: Some(&p1),
             seed: &seed,
             no_admin_token: false,
         })
@@ -230,7 +246,7 @@ fn main() {
     let no_admin = std::thread::spawn(move || {
         start_worker(WorkerOptions {
             origin: OriginVar::Port(bounce_port),
-            policy: None,
+            policy: Some(&p2),
             seed: &[],
             no_admin_token: true,
         })
@@ -238,7 +254,7 @@ fn main() {
     let fuzz = std::thread::spawn(move || {
         start_worker(WorkerOptions {
             origin: origin_var,
-            policy: None,
+            policy: Some(&p3),
             seed: &[],
             no_admin_token: false,
         })
@@ -298,6 +314,7 @@ fn main() {
     .collect();
 
     let mut trials = isolates::trials();
+    trials.extend(limits::trials());
     for (name, f) in shared_tests() {
         let ctx = Arc::clone(&ctx);
         let f = *f;
