@@ -50,7 +50,8 @@ pub fn parse_day(s: &str) -> Option<i64> {
             .parse::<u32>()
             .ok()
     };
-    let year = i32::try_from(num(0..4)?).ok()?;
+    // Usage starts in 1970: earlier dates (year 0000 included) are not valid here.
+    let year = i32::try_from(num(0..4)?).ok().filter(|y| *y >= 1970)?;
     let month = Month::try_from(u8::try_from(num(5..7)?).ok()?).ok()?;
     let day = u8::try_from(num(8..10)?).ok()?;
     let d = Date::from_calendar_date(year, month, day).ok()?;

@@ -329,6 +329,27 @@ impl<D: SqlDb> SqlRegistry<D> {
     }
 }
 
+/// Usage is kept this many days.
+pub const USAGE_RETENTION_DAYS: i64 = 400;
+
+impl<D: SqlDb> SqlRegistry<D> {
+    /// Leases never returned, past their write-off, and usage past retention.
+    pub(super) fn prune_meters(&self, now: Timestamp) -> Result<(), StoreError> {
+        self.db.exec(
+            "DELETE FROM leases WHERE at <= ?1",
+            &[now.millis().saturating_sub(RECLAIM_AFTER_MS).into()],
+        )?;
+        self.db.exec(
+            "DELETE FROM usage WHERE day < ?1",
+            &[(crate::usage::day_of(now) - USAGE_RETENTION_DAYS).into()],
+        )?;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests;
+
 fn apply(l: &mut Ledger, op: &MeterOp, now: Timestamp) {
     match op {
         MeterOp::Set(n) => l.set(*n),

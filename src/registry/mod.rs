@@ -386,6 +386,7 @@ impl<D: SqlDb> SqlRegistry<D> {
             "DELETE FROM revocations WHERE created < ?1 AND ('key:' || key_id) NOT IN (SELECT k FROM outbox)",
             &[t.saturating_sub(RETENTION_MS).into()],
         )?;
+        self.prune_meters(now)?;
         Ok(())
     }
 

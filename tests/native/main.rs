@@ -11,6 +11,7 @@
 mod admin;
 mod admin_safety;
 mod decision;
+mod metering;
 mod shipped_policy;
 mod tokens;
 mod versions;
