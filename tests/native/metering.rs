@@ -29,7 +29,7 @@ fn body(r: Result<keygate::admin::Reply, keygate::problem::Problem>) -> Value {
 }
 
 fn problem(r: Result<keygate::admin::Reply, keygate::problem::Problem>) -> (u16, String, Value) {
-    let p = r.err().expect("a problem");
+    let p = r.expect_err("a problem");
     (
         p.status,
         p.code.to_owned(),
@@ -238,7 +238,7 @@ fn usage_ranges_are_checked() {
         "to=2026-01-01&from=2026-01-02",
         "x=1",
     ] {
-        let p = w.admin("GET", &format!("{path}?{q}"), None).err().expect(q);
+        let p = w.admin("GET", &format!("{path}?{q}"), None).expect_err(q);
         assert_eq!((p.status, p.code), (400, "invalid_query"), "{q}");
     }
     let p = w.admin("POST", &path, None).err().unwrap();
