@@ -31,6 +31,10 @@ pub const RECLAIM_AFTER_MS: i64 = LEASE_TTL_MS + 30_000;
 pub const MAX_LEASE: u64 = 10_000;
 /// The registry grants at most `balance / SHARE` (but at least the cost).
 pub const SHARE: u64 = 4;
+/// How long an isolate remembers that a key's credits ran out, without asking the registry
+/// again (a flood of requests on an empty key costs the registry one call per second per
+/// isolate, not one per request). A top-up made elsewhere reaches this isolate within it.
+pub const EXHAUSTED_MEMORY_MS: i64 = 1_000;
 /// The largest balance, refill amount or cost: exact in a JavaScript number and in SQLite.
 pub const MAX_CREDITS: u64 = 1_000_000_000_000;
 
@@ -236,6 +240,9 @@ pub struct Wallet {
     window_spent: u64,
     /// Credits per second spent in the last full window.
     rate: u64,
+    /// Until when the registry's "exhausted" is taken as the answer, and when the refill comes
+    /// (ms), if there is one.
+    exhausted: Option<(i64, Option<i64>)>,
 }
 
 impl Wallet {
@@ -319,8 +326,34 @@ impl Wallet {
         })
     }
 
+    /// The registry said the credits ran out: remember it for [`EXHAUSTED_MEMORY_MS`] (less if
+    /// the refill comes sooner).
+    pub fn remember_exhausted(&mut self, now_ms: i64, retry_after: Option<u64>) {
+        let refill_ms = retry_after
+            .map(|s| now_ms.saturating_add(i64::try_from(s).unwrap_or(i64::MAX / 2).saturating_mul(1000)));
+        let until = now_ms
+            .saturating_add(EXHAUSTED_MEMORY_MS)
+            .min(refill_ms.unwrap_or(i64::MAX));
+        self.exhausted = Some((until, refill_ms));
+    }
+
+    /// While remembered as exhausted: `Some` with the seconds until the refill, if any.
+    pub fn exhausted(&mut self, now_ms: i64) -> Option<Option<u64>> {
+        let (until, refill_ms) = self.exhausted?;
+        if now_ms >= until {
+            self.exhausted = None;
+            return None;
+        }
+        Some(refill_ms.map(|r| u64::try_from((r - now_ms).max(0).saturating_add(999) / 1000).unwrap_or(0)))
+    }
+
+    /// Forget "exhausted" (after an admin change of the key through this isolate).
+    pub fn forget_exhausted(&mut self) {
+        self.exhausted = None;
+    }
+
     pub fn is_empty(&self) -> bool {
-        self.leases.is_empty()
+        self.leases.is_empty() && self.exhausted.is_none()
     }
 }
 

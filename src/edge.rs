@@ -344,7 +344,23 @@ async fn handle(req: Request, env: &Env, wctx: &Context, request_id: &str) -> wo
         );
     }
     let cache = cache(policy);
-    // The gateway's own token endpoints, outside the route policy and the admin fence.
+    // The failed-auth limiter's view of the client: its address (an IPv6 /64), when known.
+    let client = client_ip.map(crate::limits::client_key);
+    let guard = policy.limits.failed_auth.as_ref().zip(client.as_deref());
+    // The gateway's own token endpoints, outside the route policy and the admin fence: every
+    // request there presents a credential to look up, so a blocked address stops here.
+    if matches!(raw_path.as_str(), "/oauth/token" | "/v1/keys/verify")
+        && let Some((tier, ip)) = guard
+        && let Some(retry) = metering::blocked(ip, now())
+    {
+        return answer(
+            &ctx,
+            &problem::auth_failures_limited(tier, retry),
+            None,
+            None,
+            None,
+        );
+    }
     match raw_path.as_str() {
         "/oauth/token" => return tokens::token_endpoint(req, env, &deployment, &ctx, &cache).await,
         "/.well-known/jwks.json" => return tokens::jwks(&deployment, &ctx),
@@ -403,8 +419,6 @@ async fn handle(req: Request, env: &Env, wctx: &Context, request_id: &str) -> wo
     feed::refresh(env, policy.revocation_poll_ms, now).await;
     let step = feed::with(|f| gateway.start(&facts, now, f));
     // An address past the failed-authentication limit gets 429 before any lookup.
-    let client = client_ip.map(|i| i.to_string());
-    let guard = policy.limits.failed_auth.as_ref().zip(client.as_deref());
     if let Some((tier, ip)) = guard
         && unverified(&step)
         && let Some(retry) = metering::blocked(ip, now)
@@ -761,6 +775,7 @@ async fn admin(
                     && let Ok(d) = deployment(env)
                 {
                     cache(&d.gateway.policy).borrow_mut().forget(&id);
+                    metering::forget(&id);
                 }
             }
             Ok(response)

@@ -226,6 +226,18 @@ pub fn counts_as_failed_auth(d: &Denial) -> bool {
     )
 }
 
+/// The failed-auth limiter's key for a client address: an IPv4 address itself, an IPv6
+/// address's /64 (one subscriber usually holds a whole /64, so its hosts share one count).
+pub fn client_key(ip: crate::ip::ClientIp) -> String {
+    match ip.addr() {
+        std::net::IpAddr::V4(a) => a.to_string(),
+        std::net::IpAddr::V6(a) => {
+            let [s0, s1, s2, s3, ..] = a.segments();
+            format!("{s0:x}:{s1:x}:{s2:x}:{s3:x}::/64")
+        }
+    }
+}
+
 /// Client addresses this isolate answers 429 without any lookup: those the failed-auth
 /// limiter refused, until their period is over. Bounded: past `capacity`, expired entries go
 /// first, then the entry closest to its end.
@@ -345,6 +357,16 @@ mod tests {
         assert!(h.contains(&("Retry-After", "10".into())));
         assert!(h.contains(&("RateLimit", "\"gold\";r=0;t=10".into())));
         assert!(h.contains(&("RateLimit-Policy", "\"gold\";q=5;w=10".into())));
+    }
+
+    #[test]
+    fn ipv6_clients_are_counted_by_their_64() {
+        let key = |s: &str| client_key(crate::ip::ClientIp::parse(s).unwrap());
+        assert_eq!(key("198.51.100.7"), "198.51.100.7");
+        assert_eq!(key("::ffff:198.51.100.7"), "198.51.100.7");
+        assert_eq!(key("2001:db8:1:2::1"), "2001:db8:1:2::/64");
+        assert_eq!(key("2001:db8:1:2:ffff::9"), "2001:db8:1:2::/64");
+        assert_ne!(key("2001:db8:1:3::1"), key("2001:db8:1:2::1"));
     }
 
     #[test]

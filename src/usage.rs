@@ -104,8 +104,12 @@ impl UsageBuffer {
             self.dropped = self.dropped.saturating_add(1);
             return;
         }
-        let last = self.last_used.entry(key.clone()).or_insert(now.millis());
-        *last = (*last).max(now.millis());
+        // `last_used_at` is the last request the key was allowed: a refused one (revoked, over
+        // a limit) does not make a key look in use.
+        if code == ALLOWED {
+            let last = self.last_used.entry(key.clone()).or_insert(now.millis());
+            *last = (*last).max(now.millis());
+        }
         self.since_ms.get_or_insert(now.millis());
     }
 

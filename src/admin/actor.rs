@@ -44,6 +44,27 @@ impl Actor {
         reach(me, target).map_err(scope_escalation)
     }
 
+    /// Changing a key's credits, refill or rate tier: `admin:limits:write`, and never on the
+    /// admin key itself (a key cannot lift its own limits).
+    pub(super) fn may_change_limits(&self, target: &crate::key::KeyId) -> Result<(), Problem> {
+        self.require(super::SCOPE_LIMITS)?;
+        match self {
+            Actor::Key(me) if me.id == *target => Err(scope_escalation(
+                "An admin key cannot change its own credits, refill or rate tier.".to_owned(),
+            )),
+            _ => Ok(()),
+        }
+    }
+
+    /// The rate tier a key created by this actor gets when the request names none: an admin
+    /// key's own (a key it creates is never less limited than itself).
+    pub(super) fn inherited_tier(&self) -> Option<String> {
+        match self {
+            Actor::Key(me) => me.rate_tier.clone(),
+            Actor::Token => None,
+        }
+    }
+
     /// Reads follow the same reach: an admin key sees only keys it could manage.
     pub(super) fn sees(&self, target: &KeyRecord) -> bool {
         match self {
@@ -61,7 +82,9 @@ impl Actor {
 ///   some, all among them;
 /// - IP allowlist: an empty list is wider than any list, so when `me` has one, `target` must
 ///   have one whose every network lies inside one of `me`'s;
-/// - expiry: when `me` expires, `target` must expire no later (no expiry is later than any).
+/// - expiry: when `me` expires, `target` must expire no later (no expiry is later than any);
+/// - limits: when `me` has a rate tier, `target` has the same; when `me` is metered, so is
+///   `target` (an admin key cannot escape its limits through the keys it manages).
 pub fn reach(me: &KeyRecord, target: &KeyRecord) -> Result<(), String> {
     if target.environment != me.environment {
         return Err(format!(
@@ -102,6 +125,16 @@ pub fn reach(me: &KeyRecord, target: &KeyRecord) -> Result<(), String> {
         return Err(format!(
             "This admin key expires at {mine}; a key it manages must expire no later."
         ));
+    }
+    if let Some(tier) = &me.rate_tier
+        && target.rate_tier.as_ref() != Some(tier)
+    {
+        return Err(format!(
+            "This admin key is on rate tier `{tier}`; a key it manages must be on the same tier."
+        ));
+    }
+    if me.metered && !target.metered {
+        return Err("This admin key is metered; a key it manages must be metered too.".to_owned());
     }
     Ok(())
 }

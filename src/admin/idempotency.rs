@@ -106,16 +106,12 @@ impl<S: AdminStore> AdminContext<'_, S> {
             let reply = open_reply(token, &aad, &stored.sealed).ok_or_else(idempotency_key_unusable)?;
             // Replayed only while the key it made is still there and within the caller's
             // reach (an admin key narrowed since cannot read back a key it no longer reaches).
-            let made = reply
-                .body
-                .as_ref()
-                .and_then(|b| b.pointer("/record/id")?.as_str());
+            // Create and rotate answer `{key, record}`; a credits change answers the record.
+            let record = reply.body.as_ref().and_then(|b| b.get("record").or(Some(b)));
+            let made = record.and_then(|r| r.get("id")?.as_str());
             self.existing(actor, made.unwrap_or_default()).await?;
             // The first response's ETag: the version of the record it carried.
-            let version = reply
-                .body
-                .as_ref()
-                .and_then(|b| b.pointer("/record/version")?.as_u64());
+            let version = record.and_then(|r| r.get("version")?.as_u64());
             let replay = Reply {
                 status: reply.status,
                 body: reply.body,

@@ -83,9 +83,11 @@ impl<S: AdminStore> AdminContext<'_, S> {
         let expires_at = expiry(body.expires_in.as_ref(), body.expires_at.as_deref(), self.now)?;
         let description = valid_description(body.description)?;
         let group = valid_group(body.group)?;
+        let sets_limits = body.rate_tier.is_some() || body.refill.is_some() || body.credits.is_some();
         let rate_tier = valid_rate_tier(&self.gateway.policy, body.rate_tier)?;
         let refill = valid_refill(body.refill)?;
         let credits = body.credits.map(|n| valid_credits("credits", n)).transpose()?;
+        let rate_tier = rate_tier.or_else(|| actor.inherited_tier());
         // Metered when given credits or a refill (which then gives the first balance).
         let balance = credits.or(refill.map(|r| r.amount));
 
@@ -116,6 +118,9 @@ impl<S: AdminStore> AdminContext<'_, S> {
             refill,
         })?;
         check_header_size(&record)?;
+        if sets_limits {
+            actor.may_change_limits(&record.id)?;
+        }
         actor.may_manage(&record)?;
         no_key_inside(&record, &self.gateway.policy.key_prefix, self.now)?;
         let record = self.records.put(record, self.now).await.map_err(store_error)?;
@@ -154,6 +159,7 @@ impl<S: AdminStore> AdminContext<'_, S> {
             return Err(key_revoked("A revoked key cannot be changed."));
         }
         let touches_expiry = body.expires_in.is_some() || body.expires_at.is_some();
+        let touches_limits = body.rate_tier.is_some() || body.credits.is_some() || body.refill.is_some();
         if current.rotated_to.is_some() && touches_expiry {
             return Err(key_retired());
         }
@@ -233,6 +239,9 @@ impl<S: AdminStore> AdminContext<'_, S> {
             }
         }
         check_header_size(&next)?;
+        if touches_limits {
+            actor.may_change_limits(&current.id)?;
+        }
         actor.may_manage(&next)?;
         no_key_inside(&next, &self.gateway.policy.key_prefix, self.now)?;
         // The precondition once the request is known to be valid (a malformed request is 4xx
@@ -243,19 +252,22 @@ impl<S: AdminStore> AdminContext<'_, S> {
         if next.metered != current.metered {
             changed.push("metered".into());
         }
+        // A change of the balance is a change of the key: a new version (so `If-Match` guards
+        // it), audited as `key.credits`.
         let credits_set = meter_ops.iter().any(|op| matches!(op, MeterOp::Set(_)));
-        if !meter_ops.is_empty() {
-            for op in meter_ops {
-                self.records.store.queue_meter(&current.id, op);
-            }
-            if credits_set && next.metered == current.metered {
-                self.audit(
-                    actor,
-                    AuditAction::KeyCredits,
-                    &current.id,
-                    req.client_ip,
-                    vec!["credits_remaining".into()],
-                );
+        for op in meter_ops {
+            self.records.store.queue_meter(&current.id, op);
+        }
+        if credits_set && next.metered == current.metered {
+            self.audit(
+                actor,
+                AuditAction::KeyCredits,
+                &current.id,
+                req.client_ip,
+                vec!["credits_remaining".into()],
+            );
+            if changed.is_empty() {
+                changed.push("credits_remaining".into());
             }
         }
         if changed.is_empty() {
@@ -278,6 +290,8 @@ impl<S: AdminStore> AdminContext<'_, S> {
             };
             self.audit(actor, action, &saved.id, req.client_ip, toggled);
         }
+        // A balance alone is audited as `key.credits` above.
+        let others: Vec<String> = others.into_iter().filter(|f| f != "credits_remaining").collect();
         if !others.is_empty() {
             self.audit(actor, AuditAction::KeyUpdate, &saved.id, req.client_ip, others);
         }
@@ -405,7 +419,10 @@ impl<S: AdminStore> AdminContext<'_, S> {
             self.records
                 .store
                 .queue_meter(&new_record.id, MeterOp::Refill(new_record.refill));
+            // The retired key keeps nothing and is never refilled again (`lease` and the view
+            // give a retired key no refill).
             self.records.store.queue_meter(&old.id, MeterOp::Set(0));
+            self.records.store.queue_meter(&old.id, MeterOp::Refill(None));
         }
         self.audit(
             actor,

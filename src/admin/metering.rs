@@ -6,7 +6,7 @@
 use serde_json::{Value, json};
 
 use crate::credential::HeaderSource;
-use crate::problem::{Problem, invalid_field, invalid_query, store_error};
+use crate::problem::{Problem, invalid_field, invalid_query, key_not_found, store_error};
 use crate::record::KeyRecord;
 use crate::registry::AdminStore;
 use crate::registry::meter::MeterOp;
@@ -65,17 +65,28 @@ impl<S: AdminStore> AdminContext<'_, S> {
                 "This key is not metered. Give it credits with PATCH {\"credits\": n} first.",
             ));
         }
+        actor.may_change_limits(&record.id)?;
         actor.may_manage(&record)?;
         if_match(req, &record)?;
         self.records.store.queue_meter(&record.id, op);
+        // A new version, so that `If-Match` orders concurrent changes of the balance.
+        let mut next = (*record).clone();
+        next.updated_at = self.now;
+        next.version = record.version.saturating_add(1);
+        let saved = self
+            .records
+            .save(next, self.now)
+            .await
+            .map_err(store_error)?
+            .ok_or_else(key_not_found)?;
         self.audit(
             actor,
             AuditAction::KeyCredits,
-            &record.id,
+            &saved.id,
             req.client_ip,
             vec!["credits_remaining".into()],
         );
-        ok(200, self.show(&record)?).map(|r| r.tagged(record.version))
+        ok(200, self.show(&saved)?).map(|r| r.tagged(saved.version))
     }
 
     /// `GET /admin/keys/{id}/usage?from=YYYY-MM-DD&to=YYYY-MM-DD`: daily buckets, every day of
@@ -92,7 +103,7 @@ impl<S: AdminStore> AdminContext<'_, S> {
                 .transpose()
         };
         let to = day("to")?.unwrap_or_else(|| day_of(self.now));
-        let from = day("from")?.unwrap_or(to - (DEFAULT_RANGE_DAYS - 1));
+        let from = day("from")?.unwrap_or((to - (DEFAULT_RANGE_DAYS - 1)).max(0));
         if from > to {
             return Err(invalid_query("from", "`from` is after `to`.".into()));
         }

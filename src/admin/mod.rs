@@ -69,6 +69,9 @@ pub const SCOPE_WRITE: &str = "admin:keys:write";
 pub const SCOPE_AUDIT: &str = "admin:audit:read";
 /// `GET /admin/registry`: the registry's own state, deployment-wide.
 pub const SCOPE_REGISTRY: &str = "admin:registry:read";
+/// Setting a key's credits, refill or rate tier, and topping up: billing and limits, apart from
+/// managing keys.
+pub const SCOPE_LIMITS: &str = "admin:limits:write";
 
 /// An admin request, reduced to plain values by the edge.
 pub struct AdminRequest<'a, H: ?Sized> {

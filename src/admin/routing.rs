@@ -130,7 +130,10 @@ impl<S: AdminStore> AdminContext<'_, S> {
             }
             (Endpoint::Credits(id), "POST") => {
                 actor.require(SCOPE_WRITE)?;
-                self.change_credits(&actor, &id, req).await
+                self.idempotently(&actor, token, req, async || {
+                    self.change_credits(&actor, &id, req).await
+                })
+                .await
             }
             (Endpoint::Usage(id), "GET") => {
                 actor.require(SCOPE_READ)?;

@@ -152,6 +152,22 @@ fn wallets_size_leases_by_the_recent_rate() {
 }
 
 #[test]
+fn exhausted_is_remembered_for_a_second_or_until_the_refill() {
+    let mut w = Wallet::default();
+    w.remember_exhausted(0, None);
+    assert_eq!(w.exhausted(999), Some(None));
+    assert_eq!(w.exhausted(1_000), None);
+    w.remember_exhausted(10_000, Some(30));
+    assert_eq!(w.exhausted(10_500), Some(Some(30)));
+    // A refill sooner than a second ends the memory at the refill.
+    w.remember_exhausted(20_000, Some(0));
+    assert_eq!(w.exhausted(20_000), None);
+    w.remember_exhausted(30_000, None);
+    w.forget_exhausted();
+    assert_eq!(w.exhausted(30_001), None);
+}
+
+#[test]
 fn expired_leases_are_not_spent() {
     let mut w = Wallet::default();
     assert!(w.open(

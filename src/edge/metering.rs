@@ -86,6 +86,21 @@ pub(super) async fn failed_auth(env: &Env, tier: &Tier, ip: &str, now: Timestamp
     }
 }
 
+/// After a refused credential on a token endpoint: counted like a guess on a gateway route.
+pub(super) async fn note_failure(
+    env: &Env,
+    policy: &crate::policy::Policy,
+    client_ip: Option<crate::ip::ClientIp>,
+    denial: &crate::decide::Denial,
+    now: Timestamp,
+) {
+    if let (Some(tier), Some(ip)) = (&policy.limits.failed_auth, client_ip)
+        && crate::limits::counts_as_failed_auth(denial)
+    {
+        failed_auth(env, tier, &crate::limits::client_key(ip), now).await;
+    }
+}
+
 /// The outcome of spending credits.
 pub(super) enum Spend {
     Spent,
@@ -112,6 +127,9 @@ pub(super) async fn spend(env: &Env, ctx: &Context, key: &KeyId, cost: u64, now:
     let now_ms = now.millis();
     if with_wallet(key, |w| w.spend(cost, now_ms)) {
         return Spend::Spent;
+    }
+    if let Some(retry) = with_wallet(key, |w| w.exhausted(now_ms)) {
+        return Spend::Exhausted(retry);
     }
     let (settle, want) = with_wallet(key, |w| (w.settle_spent(cost, now_ms), w.want(cost)));
     let request = LeaseRequest {
@@ -154,7 +172,10 @@ pub(super) async fn spend(env: &Env, ctx: &Context, key: &KeyId, cost: u64, now:
             }
             Spend::Spent
         }
-        LeaseAnswer::Exhausted { retry_after } => Spend::Exhausted(retry_after),
+        LeaseAnswer::Exhausted { retry_after } => {
+            with_wallet(key, |w| w.remember_exhausted(now_ms, retry_after));
+            Spend::Exhausted(retry_after)
+        }
         LeaseAnswer::Unmetered => Spend::Spent,
         LeaseAnswer::NoKey => Spend::NoKey,
     }
@@ -168,6 +189,16 @@ async fn hand_back(env: &Env, key: &KeyId, settle: Vec<Settlement>) {
             serde_json::json!({"level": "error", "event": "lease_return_failed", "key_id": key.to_string(), "reason": e.to_string()})
         );
     }
+}
+
+/// An admin change of `key` went through this isolate: what it remembered of its credits
+/// running out no longer holds.
+pub(super) fn forget(key: &KeyId) {
+    WALLETS.with(|w| {
+        if let Some(wallet) = w.borrow_mut().get_mut(key) {
+            wallet.forget_exhausted();
+        }
+    });
 }
 
 /// Count one request of `key` with its outcome (`allowed` or a problem code).

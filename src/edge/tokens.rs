@@ -88,7 +88,8 @@ pub(super) async fn token_endpoint(
     // exchanged for tokens).
     let pending = match gateway.authenticate_start(Ok(request.client_secret.clone())) {
         Ok(p) => p,
-        Err(_) => {
+        Err(d) => {
+            super::metering::note_failure(env, &gateway.policy, ctx.client_ip, &d, now()).await;
             let e = OAuthError::invalid_client("The client secret is not a key of this gateway.");
             return oauth_error(ctx, &e, realm, None);
         }
@@ -103,7 +104,10 @@ pub(super) async fn token_endpoint(
     let records = Records { store: &kv, cache };
     let record = match finish_key(env, gateway, &records, pending, now).await {
         Ok(r) => r,
-        Err(d) => return oauth_error(ctx, &refused(&d, realm), realm, Some(&key_id)),
+        Err(d) => {
+            super::metering::note_failure(env, &gateway.policy, ctx.client_ip, &d, now).await;
+            return oauth_error(ctx, &refused(&d, realm), realm, Some(&key_id));
+        }
     };
     if !key_ip_allowed(&record, ctx.client_ip) {
         return oauth_error(ctx, &refused(&Denial::IpNotAllowed, realm), realm, Some(&key_id));
@@ -174,7 +178,10 @@ pub(super) async fn verify_endpoint(
     .await;
     let caller = match caller {
         Ok(r) => r,
-        Err(d) => return answer(ctx, &Problem::from_denial(&d, realm), None, None, None),
+        Err(d) => {
+            super::metering::note_failure(env, policy, ctx.client_ip, &d, now).await;
+            return answer(ctx, &Problem::from_denial(&d, realm), None, None, None);
+        }
     };
     let body = match bounded_body(&mut req).await {
         Ok(b) if b.len() <= verify::MAX_BODY => b,

@@ -211,7 +211,9 @@ impl<D: SqlDb> SqlRegistry<D> {
         if !record.metered {
             return Ok(LeaseAnswer::Unmetered);
         }
-        ledger.refill_due(record.refill.as_ref(), now);
+        // A retired key (rotated) is never refilled: its balance moved to its successor.
+        let refill = record.refill.filter(|_| record.rotated_to.is_none());
+        ledger.refill_due(refill.as_ref(), now);
         self.db.exec(
             "DELETE FROM leases WHERE key_id = ?1 AND at <= ?2",
             &[

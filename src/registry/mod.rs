@@ -550,7 +550,8 @@ impl<D: SqlDb> AdminStore for SqlRegistry<D> {
     }
 
     fn credits(&self, record: &KeyRecord, now: Timestamp) -> Result<Option<meter::CreditsView>, StoreError> {
-        self.credits_view(&record.id, record.refill.as_ref(), now)
+        let refill = record.refill.filter(|_| record.rotated_to.is_none());
+        self.credits_view(&record.id, refill.as_ref(), now)
     }
 
     fn usage(&self, id: &KeyId, from: i64, to: i64) -> Result<Vec<(i64, String, u64)>, StoreError> {

@@ -441,6 +441,20 @@ fn failed_auth_stops_kv_reads() {
         None,
     );
     assert_eq!(r.status, 429, "{}", r.body);
+    // ... and so are the token and verify endpoints, which would look the caller's key up.
+    for path in ["/v1/keys/verify", "/oauth/token"] {
+        let r = send(
+            "POST",
+            &format!("{}{path}", p.b),
+            &[
+                ("X-API-Key", &good),
+                ("CF-Connecting-IP", attacker),
+                ("Content-Type", "application/json"),
+            ],
+            Some("{}"),
+        );
+        assert_eq!(r.status, 429, "{path}: {}", r.body);
+    }
     let stats = kv_stats(&p);
     let reads = stats["gets_by_key"]
         .as_object()

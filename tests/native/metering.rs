@@ -150,16 +150,42 @@ fn patch_sets_or_stops_metering_and_post_credits_tops_up() {
         (r["credits_remaining"].clone(), r["version"].clone()),
         (json!(5), json!(2))
     );
-    // Setting the balance again is not a record change (same version), but it is audited.
+    // Every change of the balance is a new version (so `If-Match` orders them), audited as
+    // `key.credits`.
     let r = body(w.admin("PATCH", &path, Some(json!({"credits": 7}))));
     assert_eq!(
         (r["credits_remaining"].clone(), r["version"].clone()),
-        (json!(7), json!(2))
+        (json!(7), json!(3))
     );
     let r = body(w.admin("POST", &credits, Some(json!({"add": 3}))));
-    assert_eq!(r["credits_remaining"], 10);
-    let r = body(w.admin("POST", &credits, Some(json!({"set": 1}))));
+    assert_eq!(
+        (r["credits_remaining"].clone(), r["version"].clone()),
+        (json!(10), json!(4))
+    );
+    let stale = w.admin_with_headers(
+        "POST",
+        &credits,
+        Some(json!({"set": 0})),
+        &[("If-Match", "\"3\"")],
+    );
+    assert_eq!(problem(stale).0, 412, "a set built on an older read is refused");
+    let r = body(w.admin_with_headers(
+        "POST",
+        &credits,
+        Some(json!({"set": 1})),
+        &[("If-Match", "\"4\"")],
+    ));
     assert_eq!(r["credits_remaining"], 1);
+    // A retried top-up with the same Idempotency-Key adds once.
+    for _ in 0..2 {
+        let r = w.admin_with_headers(
+            "POST",
+            &credits,
+            Some(json!({"add": 5})),
+            &[("Idempotency-Key", "top-up-1")],
+        );
+        assert_eq!(body(r)["credits_remaining"], 6);
+    }
     for bad in [json!({}), json!({"add": 1, "set": 2}), json!({"sub": 1})] {
         assert_eq!(
             problem(w.admin("POST", &credits, Some(bad.clone()))).0,
@@ -175,7 +201,12 @@ fn patch_sets_or_stops_metering_and_post_credits_tops_up() {
         .collect();
     assert_eq!(
         actions.iter().filter(|a| *a == "key.credits").count(),
-        3,
+        4,
+        "{actions:?}"
+    );
+    assert_eq!(
+        actions.iter().filter(|a| *a == "key.update").count(),
+        1,
         "{actions:?}"
     );
     // Stopping metering forgets the balance and the refill.
@@ -243,4 +274,92 @@ fn usage_ranges_are_checked() {
     }
     let p = w.admin("POST", &path, None).err().unwrap();
     assert_eq!(p.status, 405);
+}
+
+#[test]
+fn a_retired_key_is_never_refilled() {
+    let mut w = world();
+    let refill = json!({"amount": 10, "interval": "day"});
+    let (_, rec) = w.issue(json!({"name": "rot", "scopes": ["a"], "credits": 4, "refill": refill}));
+    let id = rec["id"].as_str().unwrap().to_owned();
+    let v = body(w.admin(
+        "POST",
+        &format!("/admin/keys/{id}/rotate"),
+        Some(json!({"grace": "5d"})),
+    ));
+    let new_id = v["record"]["id"].as_str().unwrap().to_owned();
+    assert_eq!(v["record"]["credits_remaining"], 4);
+    // Two days later, during the grace: the successor was refilled, the retired key not.
+    w.now = w.now.plus_seconds(2 * 86_400);
+    assert_eq!(lease(&w, &id, 1), LeaseAnswer::Exhausted { retry_after: None });
+    assert!(matches!(lease(&w, &new_id, 1), LeaseAnswer::Granted { .. }));
+    let old = body(w.admin("GET", &format!("/admin/keys/{id}"), None));
+    assert_eq!(
+        (old["credits_remaining"].clone(), old["next_refill_at"].clone()),
+        (json!(0), Value::Null)
+    );
+}
+
+/// An admin key cannot lift its own limits, nor escape them through the keys it manages.
+#[test]
+fn limits_are_part_of_an_admin_keys_reach() {
+    let w = world();
+    let admin_scopes = json!(["admin:keys:read", "admin:keys:write", "a"]);
+    let (limited, me) =
+        w.issue(json!({"name": "limited admin", "scopes": admin_scopes, "credits": 5, "rate_tier": "free"}));
+    let me_id = me["id"].as_str().unwrap().to_owned();
+    let as_me =
+        |method: &str, path: &str, body: Value| w.admin_raw(method, path, &limited, Some(&body.to_string()));
+    // Without admin:limits:write: no credits, refill or tier, on itself or anything.
+    let r = as_me(
+        "POST",
+        &format!("/admin/keys/{me_id}/credits"),
+        json!({"add": 1_000_000}),
+    );
+    assert_eq!(problem(r).1, "insufficient_scope");
+    let r = as_me("PATCH", &format!("/admin/keys/{me_id}"), json!({"credits": null}));
+    assert_eq!(problem(r).1, "insufficient_scope");
+    // A key it creates inherits its tier, and must be metered like itself.
+    let r = as_me("POST", "/admin/keys", json!({"name": "child", "scopes": ["a"]}));
+    let (status, code, _) = problem(r);
+    assert_eq!(
+        (status, code.as_str()),
+        (403, "scope_escalation"),
+        "an unmetered child of a metered admin key"
+    );
+    // With the scope, still not on itself.
+    let admin_scopes = json!(["admin:keys:read", "admin:keys:write", "admin:limits:write", "a"]);
+    let (boss, boss_rec) = w.issue(json!({"name": "boss", "scopes": admin_scopes, "rate_tier": "free"}));
+    let boss_id = boss_rec["id"].as_str().unwrap().to_owned();
+    let as_boss =
+        |method: &str, path: &str, body: Value| w.admin_raw(method, path, &boss, Some(&body.to_string()));
+    let r = as_boss(
+        "PATCH",
+        &format!("/admin/keys/{boss_id}"),
+        json!({"rate_tier": null}),
+    );
+    assert_eq!(problem(r).1, "scope_escalation");
+    let child = body(as_boss(
+        "POST",
+        "/admin/keys",
+        json!({"name": "child", "scopes": ["a"], "credits": 3}),
+    ));
+    assert_eq!(child["record"]["rate_tier"], "free", "inherited");
+    let child_id = child["record"]["id"].as_str().unwrap().to_owned();
+    let r = as_boss(
+        "PATCH",
+        &format!("/admin/keys/{child_id}"),
+        json!({"rate_tier": null}),
+    );
+    assert_eq!(
+        problem(r).1,
+        "scope_escalation",
+        "a managed key stays on the admin key's tier"
+    );
+    let r = body(as_boss(
+        "POST",
+        &format!("/admin/keys/{child_id}/credits"),
+        json!({"add": 2}),
+    ));
+    assert_eq!(r["credits_remaining"], 5);
 }
