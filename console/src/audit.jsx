@@ -1,30 +1,17 @@
 // The audit log: newest first, filtered by key, a page at a time.
-import { useEffect, useState } from 'preact/hooks';
-import { api } from './api.js';
-import { DASH, Field, FormError, text, when } from './ui.jsx';
+import { useState } from 'preact/hooks';
+import { DASH, Field, FormError, Pager, text, usePages, when } from './ui.jsx';
 
 export function AuditLog() {
   const [keyId, setKeyId] = useState('');
   const [draft, setDraft] = useState('');
-  const [cursors, setCursors] = useState(['']);
-  const [page, setPage] = useState(null);
-  const [error, setError] = useState(null);
-  const cursor = cursors[cursors.length - 1];
-  useEffect(() => {
-    let live = true;
-    setError(null);
-    api('GET', '/admin/audit', { query: { limit: 25, cursor, key_id: keyId } })
-      .then(({ data }) => live && setPage(data))
-      .catch((e) => live && setError(e));
-    return () => {
-      live = false;
-    };
-  }, [cursor, keyId]);
+  const pages = usePages('/admin/audit', { limit: 25, key_id: keyId });
+  const { page, error } = pages;
   return (
     <>
       <h1>Audit log</h1>
       <form class="filters" role="search" aria-label="Filter the audit log"
-        onSubmit={(e) => { e.preventDefault(); setKeyId(draft.trim()); setCursors(['']); }}>
+        onSubmit={(e) => { e.preventDefault(); setKeyId(draft.trim()); }}>
         <Field id="audit-key" label="Key id" error={error?.problem?.parameter === 'key_id' ? error.message : undefined}
           control={(p) => <input {...p} type="text" value={draft} onInput={(e) => setDraft(e.currentTarget.value)} />} />
         <button type="submit">Apply</button>
@@ -33,7 +20,7 @@ export function AuditLog() {
       {page && (
         <>
           <table class="cards" id="audit-table">
-            <caption>{page.events.length ? `Page ${cursors.length}, newest first` : 'No events.'}</caption>
+            <caption>{page.events.length ? `Page ${pages.number}, newest first` : 'No events.'}</caption>
             <thead>
               <tr>{['When', 'Action', 'Key', 'Actor', 'Client IP', 'Changed', 'Code'].map((h) => <th scope="col">{h}</th>)}</tr>
             </thead>
@@ -51,11 +38,7 @@ export function AuditLog() {
               ))}
             </tbody>
           </table>
-          <nav class="pager" aria-label="Pages">
-            <button type="button" disabled={cursors.length < 2} onClick={() => setCursors(cursors.slice(0, -1))}>Previous page</button>
-            <span>Page {cursors.length}</span>
-            <button type="button" disabled={!page.cursor} onClick={() => setCursors([...cursors, page.cursor])}>Next page</button>
-          </nav>
+          <Pager pages={pages} />
         </>
       )}
     </>

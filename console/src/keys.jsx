@@ -4,7 +4,7 @@ import { useEffect, useState } from 'preact/hooks';
 import { ApiError, api, newIdempotencyKey } from './api.js';
 import { CreateWizard, ShowOnce } from './create.jsx';
 import { DetailsSection, LimitsSection, ScopesSection, bodyOf, clientErrors, formOf } from './keyform.jsx';
-import { DASH, Dialog, Field, FormError, Status, credits, refill, text, when } from './ui.jsx';
+import { DASH, Dialog, Field, FormError, Pager, Status, credits, refill, text, usePages, when } from './ui.jsx';
 
 const PAGE = 20;
 const path = (id) => `/admin/keys/${encodeURIComponent(id)}`;
@@ -12,37 +12,16 @@ const path = (id) => `/admin/keys/${encodeURIComponent(id)}`;
 export function KeyList({ go }) {
   const [filters, setFilters] = useState({ group: '', environment: '', status: '' });
   const [draftGroup, setDraftGroup] = useState('');
-  const [cursors, setCursors] = useState(['']); // the cursor of each page seen so far
-  const [page, setPage] = useState(null);
-  const [error, setError] = useState(null);
+  const pages = usePages('/admin/keys', { limit: PAGE, ...filters });
+  const { page, error } = pages;
   const [creating, setCreating] = useState(false);
   const [created, setCreated] = useState(null);
   const [revoking, setRevoking] = useState(null);
-  const [reload, setReload] = useState(0);
-  const cursor = cursors[cursors.length - 1];
-
-  useEffect(() => {
-    let live = true;
-    setError(null);
-    api('GET', '/admin/keys', { query: { limit: PAGE, cursor, ...filters } })
-      .then(({ data }) => live && setPage(data))
-      .catch((e) => live && setError(e));
-    return () => {
-      live = false;
-    };
-  }, [cursor, filters, reload]);
-
-  const filter = (k, v) => {
-    setFilters({ ...filters, [k]: v });
-    setCursors(['']);
-  };
+  const filter = (k, v) => setFilters({ ...filters, [k]: v });
 
   return (
     <>
-      <div class="row">
-        <h1>API keys</h1>
-        <span class="spacer" />
-      </div>
+      <h1>API keys</h1>
       <div class="actions">
         <button type="button" class="primary" onClick={() => setCreating(true)}>Create key</button>
       </div>
@@ -71,7 +50,7 @@ export function KeyList({ go }) {
         <>
           <table class="cards" id="key-table">
             <caption>
-              {page.keys.length ? `Page ${cursors.length}: ${page.keys.length} key${page.keys.length === 1 ? '' : 's'}` : 'No keys match.'}
+              {page.keys.length ? `Page ${pages.number}: ${page.keys.length} key${page.keys.length === 1 ? '' : 's'}` : 'No keys match.'}
             </caption>
             <thead>
               <tr>
@@ -107,11 +86,7 @@ export function KeyList({ go }) {
               ))}
             </tbody>
           </table>
-          <nav class="pager" aria-label="Pages">
-            <button type="button" disabled={cursors.length < 2} onClick={() => setCursors(cursors.slice(0, -1))}>Previous page</button>
-            <span>Page {cursors.length}</span>
-            <button type="button" disabled={!page.cursor} onClick={() => setCursors([...cursors, page.cursor])}>Next page</button>
-          </nav>
+          <Pager pages={pages} />
         </>
       )}
       {creating && (
@@ -124,7 +99,7 @@ export function KeyList({ go }) {
       )}
       {revoking && (
         <RevokeDialog keyRecord={revoking} onCancel={() => setRevoking(null)}
-          onRevoked={() => { setRevoking(null); setReload(reload + 1); }} />
+          onRevoked={() => { setRevoking(null); pages.reload(); }} />
       )}
     </>
   );

@@ -1,5 +1,6 @@
-// Small shared pieces: labelled fields with their errors, a modal dialog, formatting.
-import { useEffect, useRef } from 'preact/hooks';
+// Small shared pieces: labelled fields with their errors, a modal dialog, paging, formatting.
+import { useEffect, useRef, useState } from 'preact/hooks';
+import { api } from './api.js';
 
 /** A dash for what the gateway does not report (fields a newer gateway adds). */
 export const DASH = '—';
@@ -97,3 +98,43 @@ export function Dialog({ title, labelId, locked, onDismiss, children }) {
 
 /** Lines or commas of a textarea → trimmed, non-empty entries. */
 export const listOf = (s) => (s || '').split(/[\n,]/).map((x) => x.trim()).filter(Boolean);
+
+/**
+ * One page at a time of a cursor-paged admin list (`/admin/keys`, `/admin/audit`). A change of
+ * `query` starts again at page 1; `reload()` fetches the current page again.
+ */
+export function usePages(path, query) {
+  const q = JSON.stringify(query);
+  const [seen, setSeen] = useState({ q, cursors: [''] }); // the cursor of each page seen so far
+  const cursors = seen.q === q ? seen.cursors : [''];
+  const [page, setPage] = useState(null);
+  const [error, setError] = useState(null);
+  const [reloads, setReloads] = useState(0);
+  const cursor = cursors[cursors.length - 1];
+  useEffect(() => {
+    let live = true;
+    setError(null);
+    api('GET', path, { query: { ...query, cursor } })
+      .then(({ data }) => live && setPage(data))
+      .catch((e) => live && setError(e));
+    return () => {
+      live = false;
+    };
+  }, [path, q, cursor, reloads]);
+  return {
+    page, error, number: cursors.length,
+    next: () => setSeen({ q, cursors: [...cursors, page.cursor] }),
+    previous: () => setSeen({ q, cursors: cursors.slice(0, -1) }),
+    reload: () => setReloads((n) => n + 1),
+  };
+}
+
+export function Pager({ pages }) {
+  return (
+    <nav class="pager" aria-label="Pages">
+      <button type="button" disabled={pages.number < 2} onClick={pages.previous}>Previous page</button>
+      <span>Page {pages.number}</span>
+      <button type="button" disabled={!pages.page?.cursor} onClick={pages.next}>Next page</button>
+    </nav>
+  );
+}

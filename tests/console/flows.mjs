@@ -81,6 +81,7 @@ try {
   async function audit(label) {
     if (!(await page.evaluate(() => typeof window.axe === 'object'))) await page.evaluate(axeSource);
     const result = await page.evaluate(() => window.axe.run(document, { resultTypes: ['violations'] }));
+    check(result.testEngine?.name === 'axe-core' && result.passes.length > 0, `axe ran on ${label}`);
     for (const v of result.violations) {
       if (v.impact === 'serious' || v.impact === 'critical') {
         failures.push(`axe ${label}: ${v.id} (${v.impact}) at ${v.nodes.map((n) => n.target.join(' ')).join(', ')}`);
