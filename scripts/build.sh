@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Builds the Worker into build/ (worker-build: cargo for wasm32, wasm-bindgen, wasm-opt, esbuild).
+# Builds the Worker into build/ (worker-build: cargo for wasm32, wasm-bindgen, wasm-opt, esbuild),
+# and the admin console's static files into build/console/ (esbuild, Preact).
 # wrangler.toml's [build] command runs this, so `npx wrangler dev` and `npx wrangler deploy`
 # build too; `wrangler dev` re-runs it whenever a file under src/ changes.
 #
@@ -17,7 +18,34 @@ source "$(dirname "$0")/toolchain.sh"
 if [ -z "${KEYGATE_SKIP_ENSURE:-}" ]; then ensure_toolchain; fi
 cd "$ROOT"
 # The e2e harness builds once itself, then starts `wrangler dev` with this set.
-if [ -n "${KEYGATE_SKIP_BUILD:-}" ] && [ -f build/index.js ]; then exit 0; fi
+if [ -n "${KEYGATE_SKIP_BUILD:-}" ] && [ -f build/index.js ] && [ -f build/console/admin/ui/index.html ]; then exit 0; fi
+
+# The admin console: the static files of [assets] (wrangler.toml), in build/console/admin/ui/.
+# esbuild (the one worker-build uses, from node_modules) bundles console/src with Preact into one
+# minified module and the stylesheet into one file; nothing of it goes into the wasm. Skipped
+# when nothing under console/ and no npm package changed since the last console build.
+build_console() {
+  local out=build/console/admin/ui stamp=build/.console-built
+  local esbuild="$ROOT/node_modules/@esbuild/linux-x64/bin/esbuild"
+  if [ -f "$stamp" ] && [ -f "$out/index.html" ] &&
+    [ -z "$(find console package-lock.json -newer "$stamp" -print -quit 2>/dev/null)" ]; then
+    return 0
+  fi
+  [ -x "$esbuild" ] || { log "no esbuild in node_modules: run bash scripts/test.sh (or npm install) first"; return 1; }
+  rm -rf build/console.tmp
+  mkdir -p build/console.tmp/admin/ui
+  "$esbuild" console/src/main.jsx --bundle --minify --format=esm --target=es2022 \
+    --jsx=automatic --jsx-import-source=preact --legal-comments=none --log-level=warning \
+    --outfile=build/console.tmp/admin/ui/console.js >&2
+  "$esbuild" console/console.css --bundle --minify --log-level=warning \
+    --outfile=build/console.tmp/admin/ui/console.css >&2
+  cp console/index.html console/favicon.svg build/console.tmp/admin/ui/
+  rm -rf build/console
+  mv build/console.tmp build/console
+  touch "$stamp"
+  log "built the console into $out: $(cat "$out"/* | wc -c) bytes, $(cat "$out"/* | gzip -9 | wc -c) gzipped"
+}
+build_console
 
 env_name=
 while [ $# -gt 0 ]; do

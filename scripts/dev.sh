@@ -45,6 +45,7 @@ keygate is starting on http://127.0.0.1:$PORT (origin: $ORIGIN; KV persisted in 
   curl -X POST http://127.0.0.1:$PORT/admin/keys -H "Authorization: Bearer $ADMIN_TOKEN" \\
        -H 'Content-Type: application/json' -d '{"name":"my key","scopes":["license:read"]}'
   curl http://127.0.0.1:$PORT/licenses/42 -H "Authorization: Bearer <key from above>"
+The admin console: http://127.0.0.1:$PORT/admin/ui (sign in with the ADMIN_TOKEN in .dev.vars).
 The admin token is in .dev.vars. Stop with Ctrl-C.
 
 MSG

@@ -84,6 +84,14 @@ ensure_node_modules() {
   fi
 }
 
+# The browser of the console's tests (tests/console.rs): Debian's Chromium, driven by
+# playwright-core (`npx playwright install` cannot download a browser here).
+ensure_chromium() {
+  [ -x /usr/bin/chromium ] && return 0
+  log "apt-get install chromium (for the console's browser tests)"
+  apt_install chromium
+}
+
 # Everything the build and the local worker need; fast when already done.
 ensure_toolchain() {
   ensure_wasm_std

@@ -383,6 +383,9 @@ async fn handle(req: Request, env: &Env, wctx: &Context, request_id: &str) -> wo
             let p = Problem::from_denial(&Denial::NoRoute, &policy.realm);
             return answer(&ctx, &p, None, None, Some("outside the admin fence"));
         }
+        if let Some(asset) = crate::console::asset(&admin_path, &method) {
+            return console_asset(&req, env, &ctx, asset).await;
+        }
         return admin(req, env, &ctx, &admin_path).await;
     }
     if !FORWARDABLE.contains(&method.as_str()) {
@@ -737,6 +740,50 @@ async fn bounded_body(req: &mut Request) -> Result<Vec<u8>, Problem> {
         body.extend_from_slice(&chunk);
     }
     Ok(body)
+}
+
+/// The admin console's files (`console.rs`), from the `ASSETS` binding, once the admin fence
+/// admitted the request; every answer carries the console's security headers.
+async fn console_asset(
+    req: &Request,
+    env: &Env,
+    ctx: &RequestContext<'_>,
+    asset: crate::console::Asset<'_>,
+) -> worker::Result<Response> {
+    let extra: Vec<(&'static str, String)> = crate::console::HEADERS
+        .iter()
+        .map(|(k, v)| (*k, (*v).to_owned()))
+        .collect();
+    let file = match asset {
+        crate::console::Asset::File(f) => f,
+        crate::console::Asset::MethodNotAllowed => {
+            let p = problem::method_not_allowed(crate::console::ALLOW);
+            return with_extra_headers(answer(ctx, &p, None, None, None)?, &extra);
+        }
+    };
+    let headers = Headers::new();
+    if let Some(tag) = req.headers().get("if-none-match")? {
+        headers.set("If-None-Match", &tag)?;
+    }
+    let mut url = req.url()?;
+    url.set_path(file);
+    url.set_query(None);
+    let mut init = RequestInit::new();
+    init.with_method(Method::from(ctx.method.to_owned()))
+        .with_headers(headers);
+    let fetched = match env.assets("ASSETS") {
+        Ok(assets) => assets
+            .fetch(url.to_string(), Some(init))
+            .await
+            .map_err(|e| e.to_string()),
+        Err(e) => Err(format!("no ASSETS binding: {e}")),
+    };
+    let response = match fetched {
+        Ok(r) if r.status_code() != 404 => r,
+        Ok(_) => answer(ctx, &problem::not_found(), None, None, None)?,
+        Err(reason) => answer(ctx, &problem::not_found(), None, None, Some(&reason))?,
+    };
+    with_extra_headers(response, &extra)
 }
 
 /// The admin API runs in the registry Durable Object (`durable`): this hands it the request,

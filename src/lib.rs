@@ -4,6 +4,7 @@
 pub mod admin;
 pub mod bundled;
 pub mod cache;
+pub mod console;
 pub mod credential;
 pub mod credits;
 pub mod decide;

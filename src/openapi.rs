@@ -1,6 +1,7 @@
 //! The OpenAPI 3.1 document served at `GET /admin/openapi.json`: the admin API as written in
 //! `openapi.json`, and the gateway part generated from the policy this deployment loaded, so the
-//! document describes the routes actually served, not an example.
+//! document describes the routes actually served, not an example. Each protected gateway
+//! operation names its scopes in `x-keygate-scopes`, which the admin console reads.
 
 use serde_json::{Map, Value, json};
 
@@ -167,14 +168,26 @@ fn operation(policy: &Policy, route: &Route, method: &str) -> Value {
     if let Some(first) = cap.get_mut(0..1) {
         first.make_ascii_uppercase();
     }
-    json!({
+    let mut op = json!({
         "operationId": format!("gatewayRoute{}{cap}", route.index),
         "tags": ["gateway"],
         "summary": format!("{} {}", method, route.pattern.source()),
         "description": describe(policy, route),
         "responses": responses,
         "security": security,
-    })
+    });
+    if !public && let Some(obj) = op.as_object_mut() {
+        obj.insert("x-keygate-scopes".into(), scopes(route));
+    }
+    op
+}
+
+/// The route's scope requirements, machine-readable (the admin console offers them as
+/// checkboxes): `all` must all be held, one of `any`; `{param}` stands for a path value.
+fn scopes(route: &Route) -> Value {
+    let sources =
+        |v: &[crate::scope::ScopeTemplate]| v.iter().map(|t| t.source().to_owned()).collect::<Vec<_>>();
+    json!({ "all": sources(&route.scopes), "any": sources(&route.any_scopes) })
 }
 
 /// The gateway's path items for `policy`, keyed by OpenAPI path template. Where two routes share
@@ -291,7 +304,12 @@ mod tests {
         );
         assert!(w.get("delete").is_none());
         assert_eq!(w["parameters"][0]["name"], "id");
+        assert_eq!(
+            w["get"]["x-keygate-scopes"],
+            json!({"all": ["widget:read"], "any": []})
+        );
         let d = &paths["/docs/{rest}"];
+        assert!(d["get"].get("x-keygate-scopes").is_none(), "public");
         assert_eq!(d["get"]["security"], json!([]));
         assert!(d["get"]["responses"].get("401").is_none());
         assert_eq!(d.as_object().unwrap().len(), 1 + ALL_METHODS.len());

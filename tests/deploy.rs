@@ -106,6 +106,11 @@ fn assert_bindings(out: &str, origin: &str) {
         out.contains("env.REGISTRY (Registry)") && out.contains("Durable Object"),
         "no REGISTRY Durable Object binding:\n{out}"
     );
+    // The admin console's static files (each environment repeats [assets]: none is inherited).
+    assert!(
+        out.contains("env.ASSETS") && out.contains("Assets"),
+        "no ASSETS binding:\n{out}"
+    );
     assert!(
         out.contains(&format!("env.ORIGIN (\"{origin}\")")),
         "ORIGIN:\n{out}"

@@ -104,6 +104,7 @@ pub const TESTS: &[Test] = &[
         "admin_surface::fenced_by_host_and_address",
         admin_fenced_by_host_and_address,
     ),
+    ("admin_surface::console_is_fenced", console_is_fenced),
 ];
 
 fn marker() -> String {
@@ -931,5 +932,46 @@ fn admin_fenced_by_host_and_address(c: &Ctx) {
         // Exactly the answer of a path that does not exist: no hint of an admin API.
         assert_eq!(r.json()["detail"], nowhere.json()["detail"], "{what}");
         assert!(r.header("cache-control").is_none(), "{what}");
+    }
+}
+
+/// The console's files (Workers static assets) sit behind the same fence as the admin API: the
+/// worker runs first for every path, so no spelling of the path reaches the assets from outside.
+fn console_is_fenced(c: &Ctx) {
+    let port = c.edge.base.rsplit(':').next().unwrap();
+    let inside_host = format!("admin.localhost:{port}");
+    let nowhere = raw(&c.main.base, "GET", "/nothing-here", &[]);
+    for path in [
+        "/admin/ui",
+        "/admin/ui/",
+        "/admin/ui/console.js",
+        "/%61dmin/ui/console.js",
+    ] {
+        let inside = raw_as(
+            &c.edge.base,
+            &inside_host,
+            "GET",
+            path,
+            &[("CF-Connecting-IP", "10.1.2.3")],
+        );
+        assert_eq!(inside.status, 200, "{path} inside the fence: {}", inside.body);
+        assert_eq!(
+            inside.header("content-security-policy"),
+            Some(keygate::console::CONTENT_SECURITY_POLICY),
+            "{path}"
+        );
+        for (what, host, ip) in [
+            ("another address", inside_host.as_str(), "8.8.8.8"),
+            ("another host", "127.0.0.1", "10.1.2.3"),
+        ] {
+            let r = raw_as(&c.edge.base, host, "GET", path, &[("CF-Connecting-IP", ip)]);
+            assert_eq!(
+                (r.status, r.code().as_str()),
+                (404, "no_route"),
+                "{path}, {what}: {}",
+                r.body
+            );
+            assert_eq!(r.json()["detail"], nowhere.json()["detail"], "{path}, {what}");
+        }
     }
 }
