@@ -20,6 +20,11 @@ if ! grep -q '^TOKEN_SIGNING_KEY=' .dev.vars; then
   printf 'TOKEN_SIGNING_KEY=%s\n' "$(head -c 32 /dev/urandom | base64 | tr '+/' '-_' | tr -d '=\n')" >> .dev.vars
   log "added a random TOKEN_SIGNING_KEY to .dev.vars"
 fi
+if ! grep -q '^SERVER_TIMING=' .dev.vars; then
+  # Forwarded responses carry Server-Timing (gateway and origin time, where the record came
+  # from) in local dev; deployed environments leave it off.
+  printf 'SERVER_TIMING=1\n' >> .dev.vars
+fi
 ADMIN_TOKEN=$(sed -n 's/^ADMIN_TOKEN=//p' .dev.vars)
 
 pids=()

@@ -36,6 +36,8 @@ struct Deployment {
     target: Target,
     /// `ADMIN_TOKEN`, read once: the admin API checks it, and every request is scrubbed of it.
     admin_token: Option<String>,
+    /// `SERVER_TIMING = "1"`: forwarded responses carry `Server-Timing` (on in local dev).
+    server_timing: bool,
 }
 
 const KV_BINDING: &str = "KEYS";
@@ -84,6 +86,9 @@ fn deployment(env: &Env) -> Result<Rc<Deployment>, String> {
                     },
                     target,
                     admin_token: env.secret("ADMIN_TOKEN").ok().map(|s| s.to_string()),
+                    server_timing: env
+                        .var("SERVER_TIMING")
+                        .is_ok_and(|v| matches!(v.to_string().as_str(), "1" | "on" | "true")),
                 }))
             })
             .clone()
@@ -439,10 +444,18 @@ async fn handle(req: Request, env: &Env, wctx: &Context, request_id: &str) -> wo
         )?;
         return with_extra_headers(response, &gateway.cors_headers(&facts));
     }
+    // Where the principal's record came from, for `Server-Timing`.
+    let mut source = "none";
     let (decision, trace) = match step {
-        Step::Done(decision, trace) => (decision, trace),
+        Step::Done(decision, trace) => {
+            if matches!(&decision, Decision::Forward(f) if f.principal.is_some()) {
+                source = "token";
+            }
+            (decision, trace)
+        }
         Step::NeedRecord(pending) => {
-            let record = lookup(env, &records, pending.key_id(), now).await;
+            let (record, from) = lookup_traced(env, &records, pending.key_id(), now).await;
+            source = from;
             let known = feed::with(|f| Known::new(record).with_feed(f, now));
             gateway.finish(pending, known, now)
         }
@@ -492,6 +505,7 @@ async fn handle(req: Request, env: &Env, wctx: &Context, request_id: &str) -> wo
                 }
             }
             let cors = extra;
+            let timing = deployment.server_timing.then_some((now, source));
             let scheme = url.scheme().to_owned();
             let query = url.query().map(str::to_owned);
             forward(
@@ -503,6 +517,7 @@ async fn handle(req: Request, env: &Env, wctx: &Context, request_id: &str) -> wo
                 query.as_deref(),
                 f,
                 &cors,
+                timing,
             )
             .await
         }
@@ -612,6 +627,7 @@ async fn forward(
     query: Option<&str>,
     f: Forward,
     cors: &[(&'static str, String)],
+    timing: Option<(Timestamp, &'static str)>,
 ) -> worker::Result<Response> {
     let policy = &deployment.gateway.policy;
     let query = outbound_query(policy, query, ctx.token);
@@ -650,6 +666,7 @@ async fn forward(
         .with_redirect(RequestRedirect::Manual)
         .with_body(body);
     let outbound = Request::new_with_init(&target, &init)?;
+    let sent = now();
     let response = match Fetch::Request(outbound).send().await {
         Ok(r) => r,
         Err(e) => {
@@ -671,6 +688,9 @@ async fn forward(
         extra.push(("Sunset", at.to_http_date()));
     }
     extra.push(("X-Request-Id", ctx.request_id.to_owned()));
+    if let Some((started, source)) = timing {
+        extra.push(("Server-Timing", server_timing(started, sent, now(), source)));
+    }
     with_extra_headers(response, &extra)
 }
 
@@ -693,13 +713,42 @@ async fn lookup(
     id: &crate::key::KeyId,
     now: Timestamp,
 ) -> Result<Option<Rc<crate::record::KeyRecord>>, store::LookupError> {
+    lookup_traced(env, records, id, now).await.0
+}
+
+/// [`lookup`], saying where the record came from: `cache`, `kv` or `registry`.
+async fn lookup_traced(
+    env: &Env,
+    records: &Records<'_, Kv>,
+    id: &crate::key::KeyId,
+    now: Timestamp,
+) -> (
+    Result<Option<Rc<crate::record::KeyRecord>>, store::LookupError>,
+    &'static str,
+) {
+    let cached = records.cache.borrow_mut().get(id, now).is_some();
     let record = records.get(id, now).await;
     if let Ok(Some(r)) = &record
         && let Some(version) = feed::with(|f| f.refresh_needed(r, now))
     {
-        return feed::current_record(env, records.cache, id, version, now).await;
+        return (
+            feed::current_record(env, records.cache, id, version, now).await,
+            "registry",
+        );
     }
-    record
+    (record, if cached { "cache" } else { "kv" })
+}
+
+/// `Server-Timing` of a forwarded response: the gateway's time before the forward, the origin's
+/// time, and where the record came from. (The Workers clock advances only across I/O, so the
+/// gateway's own CPU time shows as 0; what shows is the time spent waiting on KV and the
+/// registry.)
+fn server_timing(started: Timestamp, sent: Timestamp, done: Timestamp, source: &str) -> String {
+    format!(
+        "gw;dur={};desc=\"gateway\", origin;dur={}, record;desc=\"{source}\"",
+        (sent.millis() - started.millis()).max(0),
+        (done.millis() - sent.millis()).max(0)
+    )
 }
 
 async fn bounded_body(req: &mut Request) -> Result<Vec<u8>, Problem> {

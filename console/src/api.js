@@ -83,23 +83,42 @@ export async function api(method, path, { body, ifMatch, idempotencyKey, query, 
 /** A fresh Idempotency-Key, so that a retried create or rotate is not done twice. */
 export const newIdempotencyKey = () => crypto.randomUUID();
 
-let scopesOnce;
+let documentOnce;
+/** The served OpenAPI document (`GET /admin/openapi.json`), fetched once; null if unavailable. */
+function openapiDocument() {
+  documentOnce ??= api('GET', '/admin/openapi.json').then(({ data }) => data)
+    .catch(() => { documentOnce = undefined; return null; });
+  return documentOnce;
+}
+
 /**
  * The scopes the route policy mentions, from the served OpenAPI document (each protected
  * gateway operation lists them in `x-keygate-scopes`). A path value in a template
  * (`keyring.{ring}.encrypt`) becomes the one-segment wildcard (`keyring.*.encrypt`).
  */
-export function policyScopes() {
-  scopesOnce ??= api('GET', '/admin/openapi.json').then(({ data }) => {
-    const found = new Set();
-    for (const item of Object.values(data?.paths || {})) {
-      for (const op of Object.values(item || {})) {
-        const s = op && op['x-keygate-scopes'];
-        if (!s) continue;
-        for (const t of [...(s.all || []), ...(s.any || [])]) found.add(t.replace(/\{[^}]*\}/g, '*'));
-      }
+export async function policyScopes() {
+  const data = await openapiDocument();
+  const found = new Set();
+  for (const item of Object.values(data?.paths || {})) {
+    for (const op of Object.values(item || {})) {
+      const s = op && op['x-keygate-scopes'];
+      if (!s) continue;
+      for (const t of [...(s.all || []), ...(s.any || [])]) found.add(t.replace(/\{[^}]*\}/g, '*'));
     }
-    return [...found].sort();
-  }).catch(() => { scopesOnce = undefined; return []; });
-  return scopesOnce;
+  }
+  return [...found].sort();
+}
+
+/**
+ * The rate tiers a key may name: the `enum` of the `RateTier` schema, which the served
+ * document fills in from the policy's `limits.tiers` (absent when it declares none).
+ * `{tiers, known}`: `known` is false when the document or its `RateTier` schema is missing (an
+ * older gateway), so the form can fall back to free text.
+ */
+export async function policyTiers() {
+  const schema = (await openapiDocument())?.components?.schemas?.RateTier;
+  return {
+    tiers: Array.isArray(schema?.enum) ? schema.enum.filter((t) => typeof t === 'string') : [],
+    known: !!schema,
+  };
 }

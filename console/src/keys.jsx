@@ -1,13 +1,17 @@
 // The key list (filters, pages, an actions menu per key) and the key detail (edit with If-Match,
-// enable/disable, rotate, revoke, delete, usage per day).
-import { useEffect, useState } from 'preact/hooks';
+// enable/disable, rotate, revoke, delete, credits and their top-up, usage per day).
+import { useEffect, useRef, useState } from 'preact/hooks';
 import { ApiError, api, newIdempotencyKey } from './api.js';
 import { CreateWizard, ShowOnce } from './create.jsx';
-import { DetailsSection, LimitsSection, ScopesSection, bodyOf, clientErrors, formOf } from './keyform.jsx';
-import { DASH, Dialog, Field, FormError, Pager, Status, credits, refill, text, usePages, when } from './ui.jsx';
+import { DetailsSection, LimitsSection, ScopesSection, bodyOf, clientErrors, formOf, isMetered } from './keyform.jsx';
+import { DASH, Dialog, Field, FormError, Pager, Status, count, credits, refill, text, usePages, when } from './ui.jsx';
 
 const PAGE = 20;
 const path = (id) => `/admin/keys/${encodeURIComponent(id)}`;
+/** `rate_tier`: null is none (the route's limit applies); absent (an older gateway) is a dash. */
+const tier = (k) => (k.rate_tier ? k.rate_tier : k.rate_tier === null ? 'none' : DASH);
+/** `last_used_at`: null is never (as far as the flushed usage says); absent is a dash. */
+const lastUsed = (k) => (k.last_used_at ? when(k.last_used_at) : k.last_used_at === null ? 'not recorded yet' : DASH);
 
 export function KeyList({ go }) {
   const [filters, setFilters] = useState({ group: '', environment: '', status: '' });
@@ -54,7 +58,7 @@ export function KeyList({ go }) {
             </caption>
             <thead>
               <tr>
-                {['Name', 'Tag', 'Group', 'Environment', 'Scopes', 'Status', 'Created', 'Expires', 'Last used', 'Credits', 'Actions']
+                {['Name', 'Tag', 'Group', 'Environment', 'Scopes', 'Status', 'Created', 'Expires', 'Last used', 'Rate tier', 'Credits', 'Actions']
                   .map((h) => <th scope="col">{h}</th>)}
               </tr>
             </thead>
@@ -69,7 +73,8 @@ export function KeyList({ go }) {
                   <td data-label="Status"><Status status={k.status} /></td>
                   <td data-label="Created">{when(k.created_at)}</td>
                   <td data-label="Expires">{k.expires_at ? when(k.expires_at) : 'never'}</td>
-                  <td data-label="Last used">{when(k.last_used_at)}</td>
+                  <td data-label="Last used">{lastUsed(k)}</td>
+                  <td data-label="Rate tier">{tier(k)}</td>
                   <td data-label="Credits">{credits(k)}</td>
                   <td data-label="Actions">
                     <details class="menu">

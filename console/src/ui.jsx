@@ -15,13 +15,17 @@ export function when(iso) {
 /** `credits_remaining`: absent (an older gateway) is a dash, null is unmetered. */
 export function credits(key) {
   if (!key || !('credits_remaining' in key) || key.credits_remaining === undefined) return DASH;
-  return key.credits_remaining === null ? 'unmetered' : String(key.credits_remaining);
+  return key.credits_remaining === null ? 'unmetered' : count(key.credits_remaining);
 }
+
+/** A count of credits for `credits_leased` and the like: null (unmetered) and absent are a dash. */
+export const count = (n) => (typeof n === 'number' ? n.toLocaleString('en-US') : DASH);
 
 export function refill(key) {
   const r = key && key.refill;
   if (!r) return DASH;
-  return `${r.amount} per ${r.interval}${r.day ? ` (day ${r.day})` : ''}`;
+  if (r.interval === 'month') return `to ${count(r.amount)} on day ${r.day || 1} of every month`;
+  return `to ${count(r.amount)} every day`;
 }
 
 export const text = (v) => (v === undefined || v === null || v === '' ? DASH : String(v));

@@ -245,6 +245,8 @@ fn try_start_worker(opts: &WorkerOptions<'_>) -> Option<Worker> {
     ])
     .args(["--var", &format!("ADMIN_TOKEN:{admin_token}")])
     .args(["--var", &format!("TOKEN_SIGNING_KEY:{}", signing_seed())])
+    // As `scripts/dev.sh` sets it: local dev shows Server-Timing.
+    .args(["--var", "SERVER_TIMING:1"])
     .args(["--show-interactive-dev-session=false", "--log-level", "log"]);
     if let Some(p) = opts.policy {
         cmd.args([

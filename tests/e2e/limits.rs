@@ -23,6 +23,10 @@ pub const TESTS: &[Test] = &[
     ("limits::a_tier_answers_429_with_ratelimit_headers", tier_429),
     ("limits::credits_are_spent_then_topped_up", credits_spent),
     ("limits::usage_buckets_and_last_used_at", usage_buckets),
+    (
+        "limits::server_timing_says_where_the_record_came_from",
+        server_timing,
+    ),
 ];
 
 pub fn trials() -> Vec<Trial> {
@@ -244,6 +248,36 @@ fn usage_buckets(c: &Ctx) {
     }
 }
 
+/// With `SERVER_TIMING=1` (local dev), a forwarded response says how long the gateway and the
+/// origin took, and where the record came from: KV on the first request, the isolate's cache
+/// after; nothing for a public route.
+fn server_timing(c: &Ctx) {
+    let (key, _) = c.create(json!({"name": "timing", "scopes": ["license:read"]}));
+    let first = get(c, &key, "timing-1");
+    let second = get(c, &key, "timing-2");
+    let parse = |r: &Resp| -> String {
+        let h = r
+            .header("server-timing")
+            .unwrap_or_else(|| panic!("no Server-Timing: {:?}", r.headers))
+            .to_owned();
+        assert!(h.starts_with("gw;dur="), "{h}");
+        assert!(h.contains(", origin;dur="), "{h}");
+        h
+    };
+    assert!(parse(&first).ends_with("record;desc=\"kv\""), "{}", parse(&first));
+    assert!(
+        parse(&second).ends_with("record;desc=\"cache\""),
+        "{}",
+        parse(&second)
+    );
+    let public = c.call("GET", "/public/timing", &[], None);
+    assert!(parse(&public).ends_with("record;desc=\"none\""));
+    // Never on a denial (nothing was forwarded).
+    let denied = c.call("GET", "/licenses/timing-x", &[], None);
+    assert_eq!(denied.status, 401);
+    assert_eq!(denied.header("server-timing"), None);
+}
+
 // ---- two isolates ----------------------------------------------------------------------------
 
 fn create_in(p: &Pair, base: &str, body: Value) -> (String, String) {
@@ -341,10 +375,18 @@ fn refill_with_moved_clock() {
         &p.a,
         json!({"name": "refill", "scopes": ["license:read"], "credits": 2, "refill": {"amount": 5, "interval": "day"}}),
     );
-    let statuses: Vec<u16> = (0..3)
+    // The rig, like a deployment, does not set SERVER_TIMING.
+    let first = p.read(&p.a, &key, "refill-0");
+    assert_eq!(first.status, 200, "{}", first.body);
+    assert_eq!(
+        first.header("server-timing"),
+        None,
+        "Server-Timing is off without SERVER_TIMING"
+    );
+    let statuses: Vec<u16> = (1..3)
         .map(|i| p.read(&p.a, &key, &format!("refill-{i}")).status)
         .collect();
-    assert_eq!(statuses, [200, 200, 429]);
+    assert_eq!(statuses, [200, 429]);
     let r = p.read(&p.b, &key, "refill-b");
     assert_eq!(r.code(), "credits_exhausted");
     let retry: i64 = r.header("retry-after").expect("Retry-After").parse().unwrap();
