@@ -3,6 +3,10 @@
 //! over HTTP, then `tests/console/flows.mjs` driving Debian's headless Chromium through the two
 //! flows with playwright-core and axe-core. What the browser did is then checked against the
 //! worker and the origin. Screenshots go to `target/console-screenshots/`.
+//!
+//! The worker runs wrangler.toml's policy as the e2e suite does (`shipped_policy_with` in
+//! `tests/e2e/main.rs`): usage flushed every second, so the key detail shows a request the test
+//! just made, and the failed-authentication limiter off.
 // Tests may unwrap and index: a failure here is a failed test.
 #![allow(
     clippy::unwrap_used,
@@ -19,7 +23,7 @@ use std::path::Path;
 use std::process::Command;
 
 use harness::{OriginVar, Resp, WorkerOptions, send, start_origin, start_worker};
-use serde_json::Value;
+use serde_json::{Value, json};
 
 const CHROMIUM: &str = "/usr/bin/chromium";
 
@@ -34,6 +38,16 @@ fn assert_console_headers(r: &Resp, what: &str) {
     assert_eq!(r.header("x-frame-options"), Some("DENY"), "{what}");
 }
 
+/// wrangler.toml's policy with usage flushed every second and the failed-auth limiter off.
+fn console_policy() -> String {
+    let text = std::fs::read_to_string(harness::root().join("wrangler.toml")).expect("wrangler.toml");
+    let doc: toml::Value = toml::from_str(&text).expect("wrangler.toml parses");
+    let mut policy = serde_json::to_value(&doc["vars"]["POLICY"]).expect("policy as JSON");
+    policy["limits"]["failed_auth"] = json!({"enabled": false});
+    policy["usage"] = json!({"flush_seconds": 1});
+    policy.to_string()
+}
+
 #[test]
 fn console_flows_in_a_real_browser() {
     assert!(
@@ -42,9 +56,10 @@ fn console_flows_in_a_real_browser() {
     );
     harness::build_worker();
     let origin = start_origin();
+    let policy = console_policy();
     let worker = start_worker(WorkerOptions {
         origin: OriginVar::Port(origin.port),
-        policy: None,
+        policy: Some(&policy),
         seed: &[],
         no_admin_token: false,
     });
@@ -127,6 +142,27 @@ fn console_flows_in_a_real_browser() {
     assert_eq!(key["scopes"], serde_json::json!(["license:read"]));
     assert_eq!(key["metadata"], serde_json::json!({"team": "console"}));
     assert!(key["expires_at"].is_string(), "the 1d preset set an expiry");
+    // The wizard's limits, and the top-up: a metered key on the `standard` tier.
+    assert_eq!(key["rate_tier"], "standard", "{key}");
+    assert_eq!(
+        key["refill"],
+        json!({"amount": 100, "interval": "month", "day": 1})
+    );
+    assert!(key["credits_remaining"].is_u64(), "metered: {key}");
+    assert!(key["last_used_at"].is_string(), "the allowed request was recorded: {key}");
+    let usage = send(
+        "GET",
+        &format!("{base}/admin/keys/{id}/usage"),
+        &[("Authorization", &auth)],
+        None,
+    )
+    .json();
+    assert_eq!(usage["allowed"], 1, "{usage}");
+    assert_eq!(
+        summary["version_after_top_up"].as_u64(),
+        key["version"].as_u64().map(|v| v - 1),
+        "each change of the balance was a version, and the revoke one more: {key}"
+    );
     let forwarded: Vec<Value> = origin
         .log()
         .into_iter()
@@ -144,7 +180,7 @@ fn console_flows_in_a_real_browser() {
     assert!(edited["name"].as_str().unwrap().ends_with(" theirs"), "{edited}");
 
     let files = summary["screenshots"].as_array().unwrap();
-    assert!(files.len() >= 14, "{files:?}");
+    assert!(files.len() >= 17, "{files:?}");
     for f in files {
         let bytes = std::fs::read(shots.join(f.as_str().unwrap())).unwrap();
         assert!(bytes.starts_with(b"\x89PNG"), "{f} is a PNG");

@@ -247,7 +247,7 @@ export function LimitsSection({ f, onChange, errors, idPrefix, creating, current
         control={(p) => <input {...p} type="number" min={0} step={1} inputMode="numeric" disabled={f.unmeter}
           value={f.credits} onInput={set(f, onChange, 'credits')} />} />
       {!creating && metered && (
-        <label class="inline field">
+        <label class="inline check-row">
           <input type="checkbox" id={id('unmeter')} checked={f.unmeter} onChange={set(f, onChange, 'unmeter')} />
           Stop metering (no credit limit; the refill goes too)
         </label>

@@ -242,18 +242,11 @@ function EditForm({ keyRecord, etag, onSaved, onReload }) {
   return (
     <form onSubmit={save} noValidate aria-labelledby="edit-title">
       <h2 id="edit-title">Edit</h2>
-      {conflict && (
-        <div class="banner bad" role="alert" id="edit-conflict" tabIndex={-1}>
-          <strong>Changed elsewhere (412).</strong> This key was changed by someone else since you opened it
-          {conflict.problem.current_version ? ` (it is now at version ${conflict.problem.current_version})` : ''}.
-          Your changes were not saved, and theirs were not overwritten. Reload the key, then make your change again.
-          <div class="actions"><button type="button" onClick={onReload}>Reload the key</button></div>
-        </div>
-      )}
+      {conflict && <Conflict error={conflict} id="edit-conflict" onReload={onReload} />}
       <FormError error={failure} />
       <DetailsSection f={f} onChange={setF} errors={errors} idPrefix="edit" />
       <ScopesSection f={f} onChange={setF} errors={errors} idPrefix="edit" />
-      <LimitsSection f={f} onChange={setF} errors={errors} idPrefix="edit" />
+      <LimitsSection f={f} onChange={setF} errors={errors} idPrefix="edit" current={keyRecord} />
       <div class="actions">
         <button type="submit" class="primary" disabled={busy}>Save changes</button>
       </div>
@@ -261,45 +254,145 @@ function EditForm({ keyRecord, etag, onSaved, onReload }) {
   );
 }
 
-export function Usage({ id }) {
+/** The 412 answer of a write guarded by `If-Match`: nothing was changed; reload and redo. */
+function Conflict({ error, id, onReload }) {
+  return (
+    <div class="banner bad" role="alert" id={id} tabIndex={-1}>
+      <strong>Changed elsewhere (412).</strong> This key was changed by someone else since you opened it
+      {error.problem.current_version ? ` (it is now at version ${error.problem.current_version})` : ''}.
+      Your change was not made, and theirs was not overwritten. Reload the key, then make your change again.
+      <div class="actions"><button type="button" onClick={onReload}>Reload the key</button></div>
+    </div>
+  );
+}
+
+/**
+ * Top up or set a metered key's balance: `POST /admin/keys/{id}/credits` with `If-Match` (the
+ * version the page read; each change of the balance is a new version) and an Idempotency-Key
+ * that is kept while the same change is retried after a lost answer.
+ */
+function TopUp({ keyRecord, etag, onChanged, onReload }) {
+  const [mode, setMode] = useState('add');
+  const [amount, setAmount] = useState('');
+  const [error, setError] = useState(null);
+  const [busy, setBusy] = useState(false);
+  const idem = useRef({ change: '', key: '' });
+  useEffect(() => {
+    if (error?.status === 412) document.getElementById('credits-conflict')?.focus();
+    else if (error && Object.keys(error.fields).length) document.getElementById('credits-amount')?.focus();
+  }, [error]);
+  const valid = /^\d+$/.test(amount.trim());
+  const submit = async (e) => {
+    e.preventDefault();
+    if (!valid) return;
+    const n = Number(amount.trim());
+    const change = `${mode} ${n} ${etag}`;
+    if (idem.current.change !== change) idem.current = { change, key: newIdempotencyKey() };
+    setBusy(true);
+    setError(null);
+    try {
+      const res = await api('POST', `${path(keyRecord.id)}/credits`, {
+        body: { [mode]: n }, ifMatch: etag, idempotencyKey: idem.current.key,
+      });
+      setAmount('');
+      onChanged(res.data, res.etag,
+        mode === 'add' ? `Added ${count(n)} credits: ${credits(res.data)} left.` : `The balance is set to ${count(n)}.`);
+    } catch (err) {
+      if (!(err instanceof ApiError)) throw err;
+      setError(err);
+    } finally {
+      setBusy(false);
+    }
+  };
+  const fieldError = error && error.status !== 412 ? (error.fields[mode] || error.fields[''] || null) : null;
+  return (
+    <form class="topup" onSubmit={submit} noValidate aria-labelledby="topup-title">
+      <h3 id="topup-title">Top up</h3>
+      {error?.status === 412 && <Conflict error={error} id="credits-conflict" onReload={onReload} />}
+      {error && error.status !== 412 && !fieldError && <FormError error={error} />}
+      <div class="row">
+        <Field id="credits-mode" label="Change"
+          control={(p) => (
+            <select {...p} value={mode} onChange={(e) => setMode(e.currentTarget.value)}>
+              <option value="add">Add to the balance</option>
+              <option value="set">Set the balance to</option>
+            </select>
+          )} />
+        <Field id="credits-amount" label="Credits" error={fieldError}
+          control={(p) => <input {...p} type="number" min={0} step={1} inputMode="numeric" value={amount}
+            onInput={(e) => setAmount(e.currentTarget.value)} />} />
+        <div class="field">
+          <button type="submit" class="primary" disabled={busy || !valid}>{mode === 'add' ? 'Add credits' : 'Set balance'}</button>
+        </div>
+      </div>
+    </form>
+  );
+}
+
+/**
+ * The key's requests per UTC day (the server's default range: the last 30 days up to today),
+ * as SVG bars (allowed, and refused stacked on top) that are one image to a screen reader, with
+ * their totals as its name, and the same numbers as a table of the days with requests.
+ * `refresh` changes to fetch it again.
+ */
+export function Usage({ id, refresh }) {
   const [usage, setUsage] = useState(undefined);
   useEffect(() => {
-    const to = new Date();
-    const from = new Date(to.getTime() - 29 * 86400000);
-    const day = (d) => d.toISOString().slice(0, 10);
-    api('GET', `${path(id)}/usage`, { query: { from: day(from), to: day(to) } })
-      .then(({ data }) => setUsage(data))
-      .catch((e) => setUsage(e.status === 404 ? null : e));
-  }, [id]);
+    let live = true;
+    api('GET', `${path(id)}/usage`)
+      .then(({ data }) => live && setUsage(data))
+      .catch((e) => live && setUsage(e.status === 404 && e.code !== 'key_not_found' ? null : e));
+    return () => {
+      live = false;
+    };
+  }, [id, refresh]);
   if (usage === undefined) return <p role="status">Loading usage…</p>;
   if (usage === null) return <p class="hint">This gateway does not record usage per day yet.</p>;
   if (usage instanceof ApiError) return <FormError error={usage} />;
   const days = usage.days || [];
+  const busy = days.filter((d) => (d.allowed || 0) + (d.denied || 0) > 0);
   const max = Math.max(1, ...days.map((d) => (d.allowed || 0) + (d.denied || 0)));
-  const total = (k) => days.reduce((n, d) => n + (d[k] || 0), 0);
-  const W = 600, H = 140, bw = days.length ? W / days.length : W;
-  const summary = `Requests per day from ${usage.from} to ${usage.to}: ${total('allowed')} allowed, ${total('denied')} denied.`;
+  const W = 600, H = 140, T = 18, bw = days.length ? W / days.length : W; // T: room for the scale above
+  const summary = `Requests per day from ${usage.from} to ${usage.to} (UTC): ${count(usage.allowed ?? 0)} allowed, ${count(usage.denied ?? 0)} denied.`;
   return (
-    <figure>
-      <svg class="chart" viewBox={`0 0 ${W} ${H + 16}`} role="img" aria-label={summary}>
+    <figure class="usage" id="usage" data-allowed={usage.allowed ?? 0} data-denied={usage.denied ?? 0}>
+      <svg class="chart" viewBox={`0 0 ${W} ${T + H + 18}`} role="img" aria-label={summary}>
         {days.map((d, i) => {
           const a = ((d.allowed || 0) / max) * H, x = ((d.denied || 0) / max) * H;
           return (
             <g>
               <title>{`${d.date}: ${d.allowed || 0} allowed, ${d.denied || 0} denied`}</title>
-              <rect class="allowed" x={i * bw + 1} y={H - a} width={Math.max(1, bw - 2)} height={a} />
-              <rect class="denied" x={i * bw + 1} y={H - a - x} width={Math.max(1, bw - 2)} height={x} />
+              <rect class="allowed" x={i * bw + 1} y={T + H - a} width={Math.max(1, bw - 2)} height={a} />
+              <rect class="denied" x={i * bw + 1} y={T + H - a - x} width={Math.max(1, bw - 2)} height={x} />
             </g>
           );
         })}
-        <line class="axis" x1="0" y1={H} x2={W} y2={H} />
-        {days.length ? <text x="0" y={H + 12}>{days[0].date}</text> : null}
-        {days.length ? <text x={W} y={H + 12} text-anchor="end">{days[days.length - 1].date}</text> : null}
+        <line class="axis" x1="0" y1={T + H} x2={W} y2={T + H} />
+        <line class="grid" x1="0" y1={T} x2={W} y2={T} />
+        <text x="0" y={T - 5}>{`${max} a day`}</text>
+        {days.length ? <text x="0" y={T + H + 15}>{days[0].date}</text> : null}
+        {days.length ? <text x={W} y={T + H + 15} text-anchor="end">{days[days.length - 1].date}</text> : null}
       </svg>
       <figcaption>
-        <span class="legend"><span><span class="swatch allowed" />allowed</span><span><span class="swatch denied" />denied</span></span>
-        {summary}
+        <span class="legend" aria-hidden="true"><span><span class="swatch allowed" />allowed</span><span><span class="swatch denied" />denied</span></span>
+        <span id="usage-summary">{summary}</span> Counts reach the gateway's registry in batches, so the latest requests may take a moment to appear.
       </figcaption>
+      {busy.length ? (
+        <table class="usage-days" id="usage-table">
+          <caption>Days with requests</caption>
+          <thead><tr><th scope="col">Day (UTC)</th><th scope="col">Allowed</th><th scope="col">Denied</th><th scope="col">Denied, by code</th></tr></thead>
+          <tbody>
+            {busy.map((d) => (
+              <tr key={d.date}>
+                <th scope="row"><time datetime={d.date}>{d.date}</time></th>
+                <td>{count(d.allowed || 0)}</td>
+                <td>{count(d.denied || 0)}</td>
+                <td>{Object.entries(d.codes || {}).map(([c, n]) => <><code>{c}</code> {count(n)} </>)}{Object.keys(d.codes || {}).length ? null : DASH}</td>
+              </tr>
+            ))}
+          </tbody>
+        </table>
+      ) : <p class="hint">No requests in this range.</p>}
     </figure>
   );
 }
@@ -314,16 +407,19 @@ export function KeyDetail({ id, go }) {
 
   useEffect(() => {
     let live = true;
-    setError(null);
     api('GET', path(id))
-      .then(({ data, etag }) => live && setState({ key: data, etag }))
+      .then(({ data, etag }) => {
+        if (!live) return;
+        setState({ key: data, etag });
+        setError(null);
+      })
       .catch((e) => live && setError(e));
     return () => {
       live = false;
     };
   }, [id, generation]);
 
-  if (error) return <><h1>Key {id}</h1><FormError error={error} /><a href="#/keys">Back to the keys</a></>;
+  if (error && !state) return <><h1>Key {id}</h1><FormError error={error} /><a href="#/keys">Back to the keys</a></>;
   if (!state) return <p role="status">Loading the key…</p>;
   const { key, etag } = state;
   const revoked = key.status === 'revoked';
@@ -336,12 +432,16 @@ export function KeyDetail({ id, go }) {
       setError(err);
     }
   };
+  const reload = () => setGeneration(generation + 1);
+  const metered = isMetered(key);
   return (
     <>
       <p><a href="#/keys">← All keys</a></p>
       <h1>{key.name} <Status status={key.status} /></h1>
       <p role="status" class="hint">{notice}</p>
+      <FormError error={error} />
       <div class="actions">
+        <button type="button" onClick={reload}>Refresh</button>
         {!revoked && <button type="button" onClick={toggle}>{key.enabled ? 'Disable' : 'Enable'}</button>}
         {!revoked && <button type="button" onClick={() => setDialog('rotate')}>Rotate…</button>}
         {!revoked && <button type="button" class="danger" onClick={() => setDialog('revoke')}>Revoke…</button>}
@@ -356,29 +456,42 @@ export function KeyDetail({ id, go }) {
         <dt>Scopes</dt><dd><code>{key.scopes.join(' ') || DASH}</code></dd>
         <dt>IP allowlist</dt><dd>{key.ip_allowlist.length ? <code>{key.ip_allowlist.join(', ')}</code> : 'any address'}</dd>
         <dt>Tenants</dt><dd>{key.tenants.length ? key.tenants.join(', ') : 'every tenant'}</dd>
-        <dt>Rate tier</dt><dd>{text(key.rate_tier)}</dd>
-        <dt>Credits</dt><dd>{credits(key)}</dd>
-        <dt>Refill</dt><dd>{refill(key)}</dd>
+        <dt>Rate tier</dt><dd id="key-rate-tier">{tier(key)}</dd>
+        <dt>Credits remaining</dt><dd id="key-credits">{credits(key)}</dd>
+        {metered && <><dt>Credits leased</dt><dd id="key-credits-leased">{count(key.credits_leased)}</dd></>}
+        <dt>Refill</dt><dd>{metered === false ? 'none (unmetered)' : key.refill ? refill(key) : key.refill === null ? 'none' : DASH}</dd>
+        {metered && key.refill && <><dt>Next refill</dt><dd id="key-next-refill">{when(key.next_refill_at)}</dd></>}
         <dt>Created</dt><dd>{when(key.created_at)}</dd>
         <dt>Updated</dt><dd>{when(key.updated_at)}</dd>
         <dt>Expires</dt><dd>{key.expires_at ? when(key.expires_at) : 'never'}</dd>
-        <dt>Last used</dt><dd>{when(key.last_used_at)}</dd>
+        <dt>Last used</dt><dd id="key-last-used">{lastUsed(key)}</dd>
         {key.revoked_at && <><dt>Revoked</dt><dd>{when(key.revoked_at)}{key.revoke_reason ? `: ${key.revoke_reason}` : ''}</dd></>}
         {key.rotated_from && <><dt>Rotated from</dt><dd><a href={`#/keys/${key.rotated_from}`}><code>{key.rotated_from}</code></a></dd></>}
         {key.rotated_to && <><dt>Rotated to</dt><dd><a href={`#/keys/${key.rotated_to}`}><code>{key.rotated_to}</code></a></dd></>}
         <dt>Metadata</dt><dd><code>{Object.keys(key.metadata || {}).length ? JSON.stringify(key.metadata) : DASH}</code></dd>
-        <dt>Version</dt><dd>{key.version}</dd>
+        <dt>Version</dt><dd id="key-version">{key.version}</dd>
       </dl>
+      {metered && !revoked && (
+        <section aria-labelledby="credits-title">
+          <h2 id="credits-title">Credits</h2>
+          <p class="hint">
+            {credits(key)} left{typeof key.credits_leased === 'number' && key.credits_leased ? `, ${count(key.credits_leased)} leased to the gateway's isolates (what they do not spend comes back within seconds)` : ''}.
+            {' '}Each request spends its route's cost; with too few left it is refused (429).
+          </p>
+          <TopUp keyRecord={key} etag={etag} onReload={reload}
+            onChanged={(k, t, msg) => { setState({ key: k, etag: t }); setNotice(msg); }} />
+        </section>
+      )}
       <h2>Usage, last 30 days</h2>
-      <Usage id={id} />
+      <Usage id={id} refresh={generation} />
       {!revoked && (
         <EditForm key={`${key.id}-${key.version}`} keyRecord={key} etag={etag}
           onSaved={(k, t) => { setState({ key: k, etag: t }); setNotice('Saved.'); }}
-          onReload={() => setGeneration(generation + 1)} />
+          onReload={reload} />
       )}
       {dialog === 'revoke' && (
         <RevokeDialog keyRecord={key} onCancel={() => setDialog(null)}
-          onRevoked={() => { setDialog(null); setNotice('The key is revoked.'); setGeneration(generation + 1); }} />
+          onRevoked={() => { setDialog(null); setNotice('The key is revoked.'); reload(); }} />
       )}
       {dialog === 'rotate' && (
         <RotateDialog keyRecord={key} etag={etag} onCancel={() => setDialog(null)}

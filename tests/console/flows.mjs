@@ -1,9 +1,12 @@
 // The admin console in a real browser: Debian's headless Chromium, driven by playwright-core,
 // against a `wrangler dev` worker that tests/console.rs started (with a real local echo origin).
 // Two flows:
-//   1. sign in (keyboard), create a key with the wizard, copy it, the show-once confirmation,
-//      use the key on a protected route (the origin receives it), revoke it from the list's
-//      actions menu (typed confirmation), the key then gets 401 revoked_key; the audit log.
+//   1. sign in (keyboard), create a key with the wizard (a rate tier from the policy's, credits
+//      and a monthly refill), copy it, the show-once confirmation, use the key on a protected
+//      route (the origin receives it); the detail then shows when it was last used and the
+//      allowed request in the usage chart (refreshed until the usage flush lands); a top-up
+//      refused with 412 after a concurrent change of the balance, then made; revoke it from the
+//      list's actions menu (typed confirmation), the key then gets 401 revoked_key; the audit log.
 //   2. a server-side validation error shown next to its field, then a concurrent change made
 //      through the API while the edit form is open: saving answers 412 and the console says so.
 // Every page is checked with axe-core (serious and critical violations fail), screenshotted into
@@ -144,6 +147,16 @@ try {
   check(await licenseRead.isChecked(), 'a scope is ticked from the keyboard');
   await record('04-create-scopes');
   await wizard.getByRole('button', { name: 'Next' }).click();
+  const tierSelect = wizard.getByLabel('Rate tier');
+  await tierSelect.locator('option', { hasText: 'standard' }).waitFor({ state: 'attached' });
+  const tierOptions = await tierSelect.locator('option').allInnerTexts();
+  check(JSON.stringify([...tierOptions].sort()) === JSON.stringify(['free', 'none', 'standard']),
+    `the rate tiers are the policy's, plus none: ${tierOptions}`);
+  await tierSelect.selectOption('standard');
+  await wizard.getByLabel('Credits', { exact: true }).fill('100');
+  await wizard.getByLabel('Refill to (credits)').fill('100');
+  await wizard.getByLabel('Refill every').selectOption('month');
+  await wizard.getByLabel('On day of the month').fill('1');
   await wizard.getByLabel('Metadata (JSON object)').fill('{"team": "console"}');
   await record('05-create-limits');
   await wizard.getByRole('button', { name: 'Create key' }).click();
@@ -169,6 +182,13 @@ try {
   check(!(await page.evaluate(() => document.body.innerText)).includes(key), 'the key is gone from the page');
   check(page.url().endsWith(`#/keys/${id}`), 'the new key\'s page opens');
   await page.locator('#key-props').getByText('license:read').waitFor();
+  const props = async (sel) => (await page.locator(sel).innerText()).trim();
+  check(await props('#key-rate-tier') === 'standard', `the detail shows the tier: ${await props('#key-rate-tier')}`);
+  check(await props('#key-credits') === '100', `the detail shows the credits: ${await props('#key-credits')}`);
+  check(await props('#key-credits-leased') === '0', `nothing leased yet: ${await props('#key-credits-leased')}`);
+  check(/UTC/.test(await props('#key-next-refill')), `the next refill: ${await props('#key-next-refill')}`);
+  check(await props('#key-last-used') === 'not recorded yet', `not used yet: ${await props('#key-last-used')}`);
+  check(await page.locator('#usage').getAttribute('data-allowed') === '0', 'no usage yet');
   await record('07-key-detail');
 
   step('use the key on a protected route');
@@ -176,6 +196,53 @@ try {
   check(used.status === 200 && used.headers.get('x-origin') === 'echo', `the key works: ${used.status}`);
   const echoed = await used.json();
   check(echoed.headers['x-key-id'] === id, 'the origin received the key\'s id');
+
+  step('the detail shows the use: last used, the usage chart (after the usage flush)');
+  const refresh = page.getByRole('button', { name: 'Refresh' });
+  let seen = {};
+  for (let i = 0; i < 40; i++) {
+    await refresh.click();
+    await page.waitForTimeout(500);
+    seen = {
+      lastUsed: await page.locator('#key-last-used time').count(),
+      allowed: Number(await page.locator('#usage').getAttribute('data-allowed')),
+      credits: await props('#key-credits'),
+    };
+    if (seen.lastUsed && seen.allowed >= 1 && seen.credits === '99') break;
+  }
+  check(seen.lastUsed === 1, `last_used_at is shown: ${await props('#key-last-used')}`);
+  check(seen.allowed === 1, `the usage chart counts the allowed request: ${JSON.stringify(seen)}`);
+  check(seen.credits === '99', `the request spent one credit: ${JSON.stringify(seen)}`);
+  const today = new Date().toISOString().slice(0, 10);
+  const usageRow = page.locator('#usage-table tbody tr', { hasText: today });
+  check((await usageRow.locator('td').first().innerText()).trim() === '1', 'today\'s row of the usage table: 1 allowed');
+  check((await page.locator('#usage svg[role="img"]').getAttribute('aria-label')).includes('1 allowed'),
+    'the chart\'s accessible name has the totals');
+  check(await page.locator('#usage rect.allowed[height]:not([height="0"])').count() === 1, 'one bar of allowed requests');
+  await record('08-key-detail-usage');
+
+  step('top up: a concurrent change of the balance is a 412, then the top-up');
+  const versionBefore = Number(await props('#key-version'));
+  const concurrent = await admin('POST', `/admin/keys/${id}/credits`, { add: 1 });
+  check(concurrent.status === 200 && concurrent.body.version === versionBefore + 1, `a concurrent top-up: ${concurrent.status}`);
+  const topUp = page.locator('form.topup');
+  await topUp.getByLabel('Change').selectOption('add');
+  await topUp.getByLabel('Credits', { exact: true }).fill('50');
+  await topUp.getByRole('button', { name: 'Add credits' }).click();
+  const creditsConflict = page.locator('#credits-conflict');
+  await creditsConflict.waitFor();
+  check((await creditsConflict.innerText()).includes('412'), 'the top-up with the old version is refused with 412');
+  check(await page.evaluate(() => document.activeElement?.id) === 'credits-conflict', 'focus moves to the 412');
+  await record('09-top-up-conflict');
+  await creditsConflict.getByRole('button', { name: 'Reload the key' }).click();
+  await page.locator('#key-credits', { hasText: '100' }).waitFor();
+  await topUp.getByLabel('Credits', { exact: true }).fill('50');
+  await topUp.getByRole('button', { name: 'Add credits' }).click();
+  await page.getByText('Added 50 credits: 150 left.').waitFor();
+  check(await props('#key-credits') === '150', `the balance after the top-up: ${await props('#key-credits')}`);
+  const versionAfterTopUp = Number(await props('#key-version'));
+  check(versionAfterTopUp === versionBefore + 2, `each change of the balance is a version: ${versionAfterTopUp}`);
+  await record('10-credits-added');
 
   step('revoke from the list');
   await page.getByRole('link', { name: 'API keys' }).click();
@@ -185,8 +252,10 @@ try {
   const row = page.locator(`tr[data-key-id="${id}"]`);
   await row.waitFor();
   check((await page.locator('#key-table tbody tr').count()) === 1, 'the group filter shows one key');
-  check((await row.innerText()).includes('active'), 'the key is active in the list');
-  await record('08-key-list-filtered');
+  const rowText = await row.innerText();
+  check(rowText.includes('active') && rowText.includes('standard') && rowText.includes('150'),
+    `the list shows the key active, its tier and credits: ${rowText}`);
+  await record('11-key-list-filtered');
   await row.getByText('Actions').click();
   await row.getByRole('button', { name: 'Revoke…' }).click();
   const revoke = dialog(`Revoke ${name}`);
@@ -196,7 +265,7 @@ try {
   check(await revoke.getByRole('button', { name: 'Revoke key' }).isDisabled(), 'revoke needs the typed name');
   await confirmBox.fill(name);
   await revoke.getByLabel('Reason (kept in the record)').fill('browser test');
-  await record('09-revoke-confirm');
+  await record('12-revoke-confirm');
   await revoke.getByRole('button', { name: 'Revoke key' }).click();
   await row.getByText('revoked').waitFor();
   let after;
@@ -212,7 +281,9 @@ try {
   await page.getByRole('link', { name: 'Audit log' }).click();
   await page.locator('#audit-table').waitFor();
   await page.locator('#audit-table tr', { hasText: id }).filter({ hasText: 'key.revoke' }).first().waitFor();
-  await record('10-audit-log');
+  check(await page.locator('#audit-table tr', { hasText: id }).filter({ hasText: 'key.credits' }).count() === 2,
+    'the two top-ups are in the audit log');
+  await record('13-audit-log');
 
   // ---- Flow 2: validation error, concurrent edit, 412 ---------------------------------------------
   step('validation error next to its field');
@@ -229,7 +300,7 @@ try {
   check((await ipError.innerText()).includes('10.0.0.0/8'), `the server's message is next to the field: ${await ipError.innerText()}`);
   check(await ips.getAttribute('aria-invalid') === 'true', 'the field is marked invalid');
   check((await ips.getAttribute('aria-describedby')).includes('edit-ip_allowlist-error'), 'the error describes the field');
-  await record('11-validation-error');
+  await record('14-validation-error');
 
   step('concurrent edit, 412');
   await ips.fill('10.0.0.0/8');
@@ -240,7 +311,7 @@ try {
   const conflict = page.locator('#edit-conflict');
   await conflict.waitFor();
   check((await conflict.innerText()).includes('412'), 'the 412 is shown');
-  await record('12-conflict-412');
+  await record('15-conflict-412');
   const current = await admin('GET', `/admin/keys/${editId}`);
   check(current.body.name === `console edit ${rand} theirs` && current.body.ip_allowlist.length === 0,
     'the concurrent change was not overwritten');
@@ -249,10 +320,13 @@ try {
 
   step('phone-sized viewport');
   await page.setViewportSize({ width: 390, height: 844 });
-  await record('13-phone-key-detail');
+  await record('16-phone-key-detail');
   await page.getByRole('link', { name: 'API keys' }).click();
   await page.locator('#key-table').waitFor();
-  await record('14-phone-key-list');
+  await record('17-phone-key-list');
+  await page.goto(`${BASE}/admin/ui#/keys/${id}`);
+  await page.locator('#usage-table').waitFor();
+  await record('18-phone-key-usage');
 
   const csp = await page.evaluate(() => window.__csp);
   if (csp.length) failures.push(`the CSP blocked: ${csp.join('; ')}`);
@@ -272,7 +346,9 @@ try {
   check(files['/admin/ui'] && files['/admin/ui/console.js'] && files['/admin/ui/console.css'], `the first load: ${Object.keys(files)}`);
   fs.writeFileSync(path.join(OUT, 'size.json'), JSON.stringify({ files, raw, gzip }, null, 2));
   if (failures.length) throw new Error(`\n  ${failures.join('\n  ')}`);
-  console.log(JSON.stringify({ created_id: id, edited_id: editId, screenshots, size: { raw, gzip, files } }));
+  console.log(JSON.stringify({
+    created_id: id, edited_id: editId, version_after_top_up: versionAfterTopUp, screenshots, size: { raw, gzip, files },
+  }));
 } catch (e) {
   if (page) await page.screenshot({ path: path.join(OUT, 'failure.png'), fullPage: true }).catch(() => {});
   console.error(`console-test: FAILED: ${e.stack || e}`);
