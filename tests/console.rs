@@ -149,7 +149,10 @@ fn console_flows_in_a_real_browser() {
         json!({"amount": 100, "interval": "month", "day": 1})
     );
     assert!(key["credits_remaining"].is_u64(), "metered: {key}");
-    assert!(key["last_used_at"].is_string(), "the allowed request was recorded: {key}");
+    assert!(
+        key["last_used_at"].is_string(),
+        "the allowed request was recorded: {key}"
+    );
     let usage = send(
         "GET",
         &format!("{base}/admin/keys/{id}/usage"),
