@@ -14,7 +14,8 @@ const INDEX: &str = "/admin/ui/index.html";
 /// fonts, no frames, no plugins, no form posts (the console submits with `fetch`), and no
 /// embedding in another page.
 pub const CONTENT_SECURITY_POLICY: &str = "default-src 'none'; script-src 'self'; style-src 'self'; \
-img-src 'self'; connect-src 'self'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'";
+img-src 'self'; connect-src 'self'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'; \
+require-trusted-types-for 'script'; trusted-types 'none'";
 
 /// Headers added to every console response (files, `304`s and errors alike).
 pub const HEADERS: [(&str, &str); 6] = [

@@ -393,6 +393,18 @@ async fn handle(req: Request, env: &Env, wctx: &Context, request_id: &str) -> wo
         }
         return admin(req, env, &ctx, &admin_path).await;
     }
+    // An admin hostname serves the admin API and console only: no origin page shares an origin
+    // (and so the console's sessionStorage) with them.
+    if policy.admin.dedicated(&host) {
+        let p = Problem::from_denial(&Denial::NoRoute, &policy.realm);
+        return answer(
+            &ctx,
+            &p,
+            None,
+            None,
+            Some("an admin hostname serves only /admin/*"),
+        );
+    }
     if !FORWARDABLE.contains(&method.as_str()) {
         return answer(&ctx, &problem::method_not_implemented(), None, None, None);
     }

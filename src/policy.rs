@@ -216,6 +216,12 @@ pub struct AdminFence {
 }
 
 impl AdminFence {
+    /// Is `host` one of the admin hostnames? Those serve the admin API and console only (and
+    /// `/healthz`): nothing is forwarded there, so no origin page runs in the console's origin.
+    pub fn dedicated(&self, host: &str) -> bool {
+        self.hostnames.iter().any(|h| h.eq_ignore_ascii_case(host))
+    }
+
     pub fn admits(&self, host: &str, ip: Option<crate::ip::ClientIp>) -> bool {
         (self.hostnames.is_empty() || self.hostnames.iter().any(|h| h.eq_ignore_ascii_case(host)))
             && (self.ip_allowlist.is_empty() || self.ip_allowlist.admits(ip))
@@ -574,6 +580,11 @@ impl Policy {
                 .map_err(|(i, e)| PolicyError(format!("admin.ip_allowlist[{i}]: {e}")))?,
             hostnames: hostname_list(doc.admin.hostnames, "admin.hostnames")?,
         };
+        if let Some(h) = route_mode.iter().flatten().find(|h| admin.hostnames.contains(h)) {
+            return Err(PolicyError(format!(
+                "{h:?} is both an admin hostname and a route_mode hostname: an admin hostname serves only the admin API and console"
+            )));
+        }
         Ok(Policy {
             path_rules: PathRules {
                 allow_semicolon: doc.allow_semicolon_in_path,
@@ -744,6 +755,18 @@ mod tests {
 
     fn seg(p: &str) -> Vec<Cow<'_, str>> {
         canonicalize(p, PathRules::default()).unwrap().segments
+    }
+
+    #[test]
+    fn an_admin_hostname_is_not_a_route_mode_hostname() {
+        let p = Policy::from_json(&json!({
+            "route_mode": {"hostnames": ["api.example.com", "admin.example.com"]},
+            "admin": {"hostnames": ["admin.example.com"]}
+        }));
+        assert!(p.unwrap_err().0.contains("admin.example.com"));
+        let p = Policy::from_json(&json!({"admin": {"hostnames": ["admin.example.com"]}})).unwrap();
+        assert!(p.admin.dedicated("ADMIN.example.com"));
+        assert!(!p.admin.dedicated("api.example.com"));
     }
 
     #[test]

@@ -135,7 +135,7 @@ export function RevokeDialog({ keyRecord, onCancel, onRevoked }) {
         <FormError error={error} />
         <Field id="revoke-reason" label="Reason (kept in the record)" error={error?.fields?.reason}
           control={(p) => <input {...p} type="text" maxLength={512} value={reason} onInput={(e) => setReason(e.currentTarget.value)} />} />
-        <Field id="revoke-confirm" label={`Type the key's name, ${keyRecord.name}, to confirm`}
+        <Field id="revoke-confirm" label={`Type the name of key ${keyRecord.id}, ${keyRecord.name}, to confirm`}
           control={(p) => <input {...p} type="text" autocomplete="off" value={typed} onInput={(e) => setTyped(e.currentTarget.value)} />} />
         <div class="actions">
           <button type="submit" class="danger primary" disabled={busy || typed !== keyRecord.name}>Revoke key</button>

@@ -276,11 +276,21 @@ pub(super) fn parse_body<T: serde::de::DeserializeOwned, H: HeaderSource + ?Size
     })
 }
 
+/// Control characters, and the invisible format characters that reorder or hide text around
+/// them (bidirectional overrides and isolates, zero-width characters): a name showing one id
+/// while the key has another.
+fn hidden_or_control(c: char) -> bool {
+    c.is_control()
+        || matches!(c, '\u{200B}'..='\u{200F}' | '\u{202A}'..='\u{202E}' | '\u{2060}'..='\u{2069}' | '\u{FEFF}')
+}
+
 pub(super) fn valid_text(field: &str, s: String, max: usize) -> Result<String, Problem> {
-    if s.chars().count() > max || s.chars().any(char::is_control) {
+    if s.chars().count() > max || s.chars().any(hidden_or_control) {
         return Err(invalid_field(
             field,
-            format!("Use at most {max} characters and no control characters."),
+            format!(
+                "Use at most {max} characters, without control characters or invisible formatting (bidirectional or zero-width)."
+            ),
         ));
     }
     Ok(s)
@@ -299,10 +309,10 @@ pub(super) fn valid_group(g: Option<String>) -> Result<Option<String>, Problem> 
 }
 
 pub(super) fn valid_name(s: &str) -> Result<String, Problem> {
-    if s.trim().is_empty() || s.chars().count() > 128 || s.chars().any(char::is_control) {
+    if s.trim().is_empty() || s.chars().count() > 128 || s.chars().any(hidden_or_control) {
         return Err(invalid_field(
             "name",
-            "Use 1-128 characters, not all blank, without control characters.",
+            "Use 1-128 characters, not all blank, without control characters or invisible formatting (bidirectional or zero-width).",
         ));
     }
     Ok(s.to_owned())

@@ -326,7 +326,14 @@ impl Registry {
         let token = deployment.admin_token.as_deref();
         let ctx = context(&envelope, client_ip, &gateway.policy.key_prefix, token);
         let no_store = |mut r: Response| -> worker::Result<Response> {
-            r.headers_mut().set("Cache-Control", "no-store")?;
+            let h = r.headers_mut();
+            h.set("Cache-Control", "no-store")?;
+            // JSON for scripts only: never sniffed, rendered or framed.
+            h.set("X-Content-Type-Options", "nosniff")?;
+            h.set(
+                "Content-Security-Policy",
+                "default-src 'none'; frame-ancestors 'none'",
+            )?;
             Ok(r)
         };
         let Ok(body) = B64.decode(envelope.body.as_bytes()) else {

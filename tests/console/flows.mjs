@@ -260,7 +260,7 @@ try {
   await row.getByRole('button', { name: 'Revoke…' }).click();
   const revoke = dialog(`Revoke ${name}`);
   await revoke.waitFor();
-  const confirmBox = revoke.getByLabel(`Type the key's name, ${name}, to confirm`);
+  const confirmBox = revoke.getByLabel(`Type the name of key ${id}, ${name}, to confirm`);
   await confirmBox.fill('not the name');
   check(await revoke.getByRole('button', { name: 'Revoke key' }).isDisabled(), 'revoke needs the typed name');
   await confirmBox.fill(name);

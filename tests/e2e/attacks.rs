@@ -933,6 +933,29 @@ fn admin_fenced_by_host_and_address(c: &Ctx) {
         assert_eq!(r.json()["detail"], nowhere.json()["detail"], "{what}");
         assert!(r.header("cache-control").is_none(), "{what}");
     }
+    // The admin hostname serves the admin API and console only: nothing is forwarded there, so
+    // no origin page shares the console's origin (and its sessionStorage).
+    let host = format!("admin.localhost:{port}");
+    let before = c.origin.received("/public/on-admin-host").len();
+    let r = raw_as(
+        &c.edge.base,
+        &host,
+        "GET",
+        "/public/on-admin-host",
+        &[("CF-Connecting-IP", "10.1.2.3")],
+    );
+    assert_eq!((r.status, r.code().as_str()), (404, "no_route"), "{}", r.body);
+    assert_eq!(c.origin.received("/public/on-admin-host").len(), before);
+    let r = raw_as(&c.edge.base, &host, "GET", "/healthz", &[]);
+    assert_eq!(r.status, 200, "{}", r.body);
+    let r = raw_as(
+        &c.edge.base,
+        &format!("127.0.0.1:{port}"),
+        "GET",
+        "/public/elsewhere",
+        &[],
+    );
+    assert_eq!(r.status, 200, "{}", r.body);
 }
 
 /// The console's files (Workers static assets) sit behind the same fence as the admin API: the

@@ -169,3 +169,33 @@ fn unverified_attempts_expire_from_the_audit_log_and_real_changes_do_not() {
         .unwrap();
     assert_eq!(events["events"].as_array().unwrap().len(), 1);
 }
+
+/// Names, groups, descriptions and revoke reasons may not hold bidirectional controls or
+/// zero-width characters: a name that reorders the text around it could show one key's id for
+/// another in the console.
+#[test]
+fn invisible_formatting_is_refused_in_text_fields() {
+    let w = crate::World::new();
+    for (field, value) in [
+        ("name", "prod-billing\u{202e}"),
+        ("name", "a\u{200b}b"),
+        ("group", "g\u{2066}x"),
+        ("description", "d\u{feff}"),
+    ] {
+        let mut body = serde_json::json!({"name": "ok", "scopes": ["a"]});
+        body[field] = serde_json::json!(value);
+        let p = w.admin("POST", "/admin/keys", Some(body)).expect_err(field);
+        assert_eq!((p.status, p.code), (422, "invalid_field"), "{field}");
+        assert_eq!(p.extra["field"], field);
+    }
+    let (_, rec) = w.issue(serde_json::json!({"name": "plain", "scopes": ["a"]}));
+    let id = rec["id"].as_str().unwrap();
+    let p = w
+        .admin(
+            "POST",
+            &format!("/admin/keys/{id}/revoke"),
+            Some(serde_json::json!({"reason": "x\u{202d}y"})),
+        )
+        .expect_err("reason");
+    assert_eq!(p.extra["field"], "reason");
+}
