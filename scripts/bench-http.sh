@@ -24,7 +24,9 @@
 # empty, and stops everything it started on exit.
 # Env: DURATION (10s), THREADS (2), CONNECTIONS (32), ROUNDS (1; cases alternate direction each
 # round, the table shows the median per case), WARMUP (2s per case, not measured),
-# COLD_ROUNDS (5; 0 skips the cold start), CASES (e.g. "3 4 5": only those, by number),
+# COLD_ROUNDS (5; 0 skips the cold start), CASES (e.g. "3 4 5": only those, by number), PROFILE=1
+# (V8 CPU profiles of the selected cases through the inspector, bench/http/cpu-profile.mjs,
+# instead of the measurement),
 # KEEP_TMP=1 keeps the temp dir with configs and logs.
 set -euo pipefail
 source "$(dirname "$0")/toolchain.sh"
@@ -264,7 +266,13 @@ wait_ready() { # pid url...
 setsid "$NGINX" -p "$TMP/nginx/" -c "$TMP/nginx/nginx.conf" -e "$TMP/nginx/error.log" </dev/null >"$TMP/nginx/stdout.log" 2>&1 &
 pids+=($!)
 NGINX_PID=$!
-setsid "$WORKERD" serve "$TMP/config.capnp" </dev/null >"$TMP/workerd.log" 2>&1 &
+inspector=()
+if [ -n "${PROFILE:-}" ]; then
+  INSPECTOR_PORT=$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+  ports+=("$INSPECTOR_PORT")
+  inspector=(--inspector-addr "127.0.0.1:$INSPECTOR_PORT")
+fi
+setsid "$WORKERD" serve "${inspector[@]}" "$TMP/config.capnp" </dev/null >"$TMP/workerd.log" 2>&1 &
 pids+=($!)
 WORKERD_PID=$!
 wait_ready "$NGINX_PID" "$ORIGIN/"
@@ -316,6 +324,7 @@ hdrs=("X-Bench: 1" "X-Bench: 1" "X-Bench: 1" "X-Bench: 1" "Authorization: Bearer
   "Authorization: Bearer $KEY" "Authorization: Bearer $KEY" "Authorization: Bearer $BAD_KEY"
   "Authorization: Bearer $UNKNOWN_KEY" "Authorization: Bearer $UNKNOWN_KEY" "CF-Connecting-IP: 8.8.8.8")
 expect=(200 200 200 200 200 200 200 401 401 401 403)
+services=(keygate - js-forward keygate keygate keygate-nocache js-validate keygate keygate-nocache js-validate keygate)
 FLOOR=2 # js_forward
 
 check() { # case index
@@ -344,6 +353,28 @@ selected=("${!names[@]}")
 if [ -n "${CASES:-}" ]; then
   selected=()
   for c in $CASES; do selected+=($((c - 1))); done
+fi
+
+# --- PROFILE=1: V8 CPU profiles of the selected cases instead of the measurement -------------
+# The inspector costs CPU itself, so a profiling run prints no benchmark table. Wasm functions
+# are named only in a build that keeps its name section: KEYGATE_WASM_NAMES=1 KEYGATE_FORCE_BUILD=1
+# bash scripts/build.sh first.
+if [ -n "${PROFILE:-}" ]; then
+  NODE="$ROOT/node_modules/.bin/node"
+  [ -x "$NODE" ] || NODE=node
+  secs=${DURATION%s}
+  for i in "${selected[@]}"; do
+    [ "${services[$i]}" != - ] || continue
+    log "profiling case $((i + 1)) ${names[$i]} (${services[$i]}) for ${secs} s under wrk"
+    "$NODE" "$ROOT/bench/http/cpu-profile.mjs" "http://127.0.0.1:$INSPECTOR_PORT" "${services[$i]}" "$secs" "$TMP/case$((i + 1)).cpuprofile" > "$TMP/profile.out" &
+    prof_pid=$!
+    sleep 0.5
+    wrk -t"$THREADS" -c"$CONNECTIONS" -d"$((secs + 1))s" -H "${hdrs[$i]}" "${urls[$i]}" > /dev/null 2>&1 || true
+    wait "$prof_pid" || fail "profiling case $((i + 1))"
+    echo; echo "### case $((i + 1)): ${labels[$i]}"; echo
+    cat "$TMP/profile.out"
+  done
+  exit 0
 fi
 
 # --- wrk ------------------------------------------------------------------------------------
