@@ -12,13 +12,16 @@
 #    5 keygate valid key, warm record cache              11 keygate GET /internal/x from 8.8.8.8 (403 route IP)
 #    6 keygate valid key, record cache off (a second keygate service whose policy has
 #      cache_ttl_seconds = 0: one KV read per request)
+#   12 keygate valid access token (a third keygate service, with TOKEN_SIGNING_KEY and
+#      assertions off: one Ed25519 verification per request, no record lookup)
 # The figure that matters is workerd CPU µs per request: the workerd process's user + system
 # time (/proc/<pid>/stat) over the case, divided by the requests served. It includes the KV
 # service and the registry, for keygate and the references alike. Each case's ratio to the
 # floor (case 3) is printed, and the issue's targets are checked (a miss is reported, not fatal).
-# Then the cold start: COLD_ROUNDS fresh workerd processes each for keygate and for the JS
-# validator (one service each, KV seeded through its socket, the registry's storage kept from
-# the main run): time from spawn to listening, and the first and second request's latency.
+# Then the cold start: COLD_ROUNDS fresh workerd processes each for keygate (a valid key; the
+# public route) and for the JS validator and forwarder (one service each, KV seeded through its
+# socket, the registry's storage kept from the main run): time from spawn to listening, and the
+# first and second request's latency.
 # Every response's status is checked (bench/http/check.lua); any other status or socket error
 # fails the run. Installs wrk and nginx with apt-get if missing, builds the worker if build/ is
 # empty, and stops everything it started on exit.
@@ -100,14 +103,17 @@ fail() {
 }
 
 # Free loopback ports, asked of the kernel at once so they differ.
-read -r GW_PORT NC_PORT JSF_PORT JSV_PORT KV_PORT ORIGIN_PORT < <(python3 -c '
+read -r GW_PORT NC_PORT TK_PORT JSF_PORT JSV_PORT KV_PORT ORIGIN_PORT < <(python3 -c '
 import socket
-s = [socket.socket() for _ in range(6)]
+s = [socket.socket() for _ in range(7)]
 for x in s: x.bind(("127.0.0.1", 0))
 print(*[x.getsockname()[1] for x in s])')
-ports=("$GW_PORT" "$NC_PORT" "$JSF_PORT" "$JSV_PORT" "$KV_PORT" "$ORIGIN_PORT")
+ports=("$GW_PORT" "$NC_PORT" "$TK_PORT" "$JSF_PORT" "$JSV_PORT" "$KV_PORT" "$ORIGIN_PORT")
 GW="http://127.0.0.1:$GW_PORT"           # keygate
 NC="http://127.0.0.1:$NC_PORT"           # keygate, record cache off
+TK="http://127.0.0.1:$TK_PORT"           # keygate, access tokens
+# RFC 8037's example Ed25519 seed: a fixed signing key for the token case.
+TOKEN_SEED=nWGxne_9WmC6hEr0kuwsxERJxWl7MmkZcDusAxyuf2A
 JSF="http://127.0.0.1:$JSF_PORT"         # JS forwarder
 JSV="http://127.0.0.1:$JSV_PORT"         # JS validator
 KV="http://127.0.0.1:$KV_PORT"           # the KV service itself, to seed and read records
@@ -151,14 +157,15 @@ cp build/index.js build/index_bg.wasm bench/http/kv.js bench/http/js-forward.js 
 mkdir -p "$TMP/do"
 # The policy of wrangler.toml, as a Cap'n Proto text literal holding JSON; the second one with
 # the isolate record cache off (every lookup reads KV, unknown keys included).
-read -r POLICY_LITERAL POLICY_NOCACHE_LITERAL < <(python3 -c '
+read -r POLICY_LITERAL POLICY_NOCACHE_LITERAL POLICY_TOKENS_LITERAL < <(python3 -c '
 import json, tomllib
 with open("wrangler.toml", "rb") as f:
     policy = tomllib.load(f)["vars"]["POLICY"]
 # a JSON string inside a Cap'"'"'n Proto text literal: json.dumps of ASCII JSON escapes only " and \
 lit = lambda p: json.dumps(json.dumps(p, separators=(",", ":")))
 nocache = dict(policy, cache_ttl_seconds=0, negative_cache_ttl_seconds=0)
-print(lit(policy), lit(nocache))')
+tokens = dict(policy, tokens=dict(policy.get("tokens", {}), assertion=False))
+print(lit(policy), lit(nocache), lit(tokens))')
 
 # config FILE SERVICE...: a workerd config serving the named services (keygate, keygate-nocache,
 # js-forward, js-validate) on their ports, with KV (and its socket) and, for keygate, the registry.
@@ -174,6 +181,8 @@ config() {
         sockets+=" (name = \"keygate\", address = \"127.0.0.1:$GW_PORT\", http = (), service = \"keygate\")," ;;
       keygate-nocache) services+=" (name = \"keygate-nocache\", worker = .keygateNocache),"
         sockets+=" (name = \"keygate-nocache\", address = \"127.0.0.1:$NC_PORT\", http = (), service = \"keygate-nocache\")," ;;
+      keygate-tokens) services+=" (name = \"keygate-tokens\", worker = .keygateTokens),"
+        sockets+=" (name = \"keygate-tokens\", address = \"127.0.0.1:$TK_PORT\", http = (), service = \"keygate-tokens\")," ;;
       js-forward) services+=" (name = \"js-forward\", worker = .jsForward),"
         sockets+=" (name = \"js-forward\", address = \"127.0.0.1:$JSF_PORT\", http = (), service = \"js-forward\")," ;;
       js-validate) services+=" (name = \"js-validate\", worker = .jsValidate),"
@@ -224,6 +233,25 @@ const keygateNocache :Workerd.Worker = (
   ],
 );
 
+# Same code and registry, with a token signing key; assertions off, so that the forwarded
+# request costs one Ed25519 verification and no signature.
+const keygateTokens :Workerd.Worker = (
+  modules = [
+    (name = "index.js", esModule = embed "index.js"),
+    (name = "index_bg.wasm", wasm = embed "index_bg.wasm"),
+  ],
+  compatibilityDate = "$COMPAT_DATE",
+  globalOutbound = "loopback",
+  bindings = [
+    (name = "KEYS", kvNamespace = "kv"),
+    (name = "REGISTRY", durableObjectNamespace = (className = "Registry", serviceName = "keygate")),
+    (name = "ORIGIN", text = "$ORIGIN"),
+    (name = "ADMIN_TOKEN", text = "$ADMIN_TOKEN"),
+    (name = "TOKEN_SIGNING_KEY", text = "$TOKEN_SEED"),
+    (name = "POLICY", text = $POLICY_TOKENS_LITERAL),
+  ],
+);
+
 const jsForward :Workerd.Worker = (
   modules = [(name = "js-forward.js", esModule = embed "js-forward.js")],
   compatibilityDate = "$COMPAT_DATE",
@@ -247,7 +275,7 @@ const kv :Workerd.Worker = (
 );
 EOF
 }
-config "$TMP/config.capnp" keygate keygate-nocache js-forward js-validate
+config "$TMP/config.capnp" keygate keygate-nocache keygate-tokens js-forward js-validate
 
 # Waits until every URL given answers (any HTTP status), or fails after 30 s.
 wait_ready() { # pid url...
@@ -276,7 +304,7 @@ setsid "$WORKERD" serve "${inspector[@]}" "$TMP/config.capnp" </dev/null >"$TMP/
 pids+=($!)
 WORKERD_PID=$!
 wait_ready "$NGINX_PID" "$ORIGIN/"
-wait_ready "$WORKERD_PID" "$GW/healthz" "$NC/healthz" "$JSF/" "$JSV/" "$KV/"
+wait_ready "$WORKERD_PID" "$GW/healthz" "$NC/healthz" "$TK/healthz" "$JSF/" "$JSV/" "$KV/"
 
 # --- keys and records, then one request per case with its status and what reached the origin
 created=$(curl -fsS -X POST "$GW/admin/keys" -H "Authorization: Bearer $ADMIN_TOKEN" \
@@ -303,8 +331,11 @@ for _ in $(seq 100); do
   sleep 0.1
 done
 [ -s "$TMP/keygate-record.json" ] || fail "keygate's record never reached KV"
+# An access token for the key (client credentials, HTTP Basic), from the token service.
+ACCESS_TOKEN=$(curl -fsS -u "$KEY_ID:$KEY" -d grant_type=client_credentials -d scope=license:read "$TK/oauth/token" |
+  python3 -c 'import json,sys; print(json.load(sys.stdin)["access_token"])') || fail "POST /oauth/token"
 
-names=(healthz origin js_forward public auth_warm auth_kv js_validate malformed unknown_kv js_unknown route_ip)
+names=(healthz origin js_forward public auth_warm auth_kv js_validate malformed unknown_kv js_unknown route_ip token)
 labels=(
   "keygate GET /healthz (no forwarding, no KV)"
   "nginx directly (the origin alone)"
@@ -317,14 +348,16 @@ labels=(
   "keygate unknown key, cache off (401 after a KV read)"
   "JS validator unknown key (401 after a KV read)"
   "keygate GET /internal/x from 8.8.8.8 (403 route IP)"
+  "keygate valid access token (Ed25519 verification, forwarded)"
 )
 urls=("$GW/healthz" "$ORIGIN/x" "$JSF/public/x" "$GW/public/x" "$GW/licenses/1" "$NC/licenses/1"
-  "$JSV/licenses/1" "$GW/licenses/1" "$NC/licenses/1" "$JSV/licenses/1" "$GW/internal/x")
+  "$JSV/licenses/1" "$GW/licenses/1" "$NC/licenses/1" "$JSV/licenses/1" "$GW/internal/x" "$TK/licenses/1")
 hdrs=("X-Bench: 1" "X-Bench: 1" "X-Bench: 1" "X-Bench: 1" "Authorization: Bearer $KEY"
   "Authorization: Bearer $KEY" "Authorization: Bearer $KEY" "Authorization: Bearer $BAD_KEY"
-  "Authorization: Bearer $UNKNOWN_KEY" "Authorization: Bearer $UNKNOWN_KEY" "CF-Connecting-IP: 8.8.8.8")
-expect=(200 200 200 200 200 200 200 401 401 401 403)
-services=(keygate - js-forward keygate keygate keygate-nocache js-validate keygate keygate-nocache js-validate keygate)
+  "Authorization: Bearer $UNKNOWN_KEY" "Authorization: Bearer $UNKNOWN_KEY" "CF-Connecting-IP: 8.8.8.8"
+  "Authorization: Bearer $ACCESS_TOKEN")
+expect=(200 200 200 200 200 200 200 401 401 401 403 200)
+services=(keygate - js-forward keygate keygate keygate-nocache js-validate keygate keygate-nocache js-validate keygate keygate-tokens)
 FLOOR=2 # js_forward
 
 check() { # case index
@@ -337,7 +370,7 @@ check() { # case index
     origin | js_forward | public)
       [ "$body" = "$ORIGIN_BODY" ] || fail "case $((i + 1)): body is not the origin's: $body"
       ! grep -qi '^x-origin-key-id:' "$TMP/headers" || fail "case $((i + 1)): origin saw X-Key-Id" ;;
-    auth_warm | auth_kv | js_validate)
+    auth_warm | auth_kv | js_validate | token)
       [ "$body" = "$ORIGIN_BODY" ] || fail "case $((i + 1)): body is not the origin's: $body"
       grep -qi "^x-origin-key-id: $KEY_ID" "$TMP/headers" || fail "case $((i + 1)): origin did not get X-Key-Id $KEY_ID"
       ! grep -qi '^x-origin-authorization:' "$TMP/headers" || fail "case $((i + 1)): the key reached the origin" ;;
@@ -434,18 +467,25 @@ forget_pid "$WORKERD_PID"
 # A fresh workerd serving one worker (plus KV and, for keygate, the registry, whose storage on
 # disk is the main run's): spawn -> every socket answers; KV seeded; then the first request
 # (the isolate's first: keygate parses its policy, asks the registry for the feed, reads the
-# record from KV) and a second one for comparison. Valid key, forwarded, 200, both workers.
+# record from KV) and a second one for comparison: a valid key (keygate, the JS validator) and
+# the public route (keygate, the JS forwarder), each forwarded with a 200.
 cold="$TMP/cold.tsv"
 : > "$cold"
 if [ "$COLD_ROUNDS" -gt 0 ]; then
   config "$TMP/cold-keygate.capnp" keygate
   config "$TMP/cold-js.capnp" js-validate
-  log "cold start: $COLD_ROUNDS fresh workerd processes for each of keygate and the JS validator"
+  config "$TMP/cold-js-forward.capnp" js-forward
+  log "cold start: $COLD_ROUNDS fresh workerd processes for each of keygate (valid key, public route), the JS validator and the JS forwarder"
   for round in $(seq "$COLD_ROUNDS"); do
-    for which in keygate js; do
-      if [ "$which" = keygate ]; then url="$GW/licenses/1"; else url="$JSV/licenses/1"; fi
+    for which in keygate keygate-public js js-forward; do
+      case $which in
+        keygate) url="$GW/licenses/1"; cfg=keygate ;;
+        keygate-public) url="$GW/public/x"; cfg=keygate ;;
+        js) url="$JSV/licenses/1"; cfg=js ;;
+        js-forward) url="$JSF/public/x"; cfg=js-forward ;;
+      esac
       started=$(date +%s%N)
-      setsid "$WORKERD" serve "$TMP/cold-$which.capnp" </dev/null >"$TMP/workerd-cold.log" 2>&1 &
+      setsid "$WORKERD" serve "$TMP/cold-$cfg.capnp" </dev/null >"$TMP/workerd-cold.log" 2>&1 &
       pid=$!
       pids+=("$pid")
       # Listening: the KV socket answers (the service itself is not touched before the seed).
@@ -525,7 +565,8 @@ if cold:
     print()
     print("| worker | runs | spawn → listening | first request | second request |")
     print("|---|---:|---:|---:|---:|")
-    for which, name in [("keygate", "keygate (wasm), valid key"), ("js", "JS validator, valid key")]:
+    for which, name in [("keygate", "keygate (wasm), valid key"), ("js", "JS validator, valid key"),
+                        ("keygate-public", "keygate (wasm), public route"), ("js-forward", "JS forwarder, public route")]:
         rs = [r for r in cold if r[0] == which]
         if rs:
             listen = statistics.median(int(r[1]) / 1000 for r in rs)
