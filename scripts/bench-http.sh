@@ -558,7 +558,7 @@ for a, b, limit, what in [
 ]:
     if a in cpu and b in cpu:
         r = cpu[a] / cpu[b]
-        print(f"| {what} | {r:.2f} | ≤ {limit:.2f} | {'yes' if r <= limit else '**no**'} |")
+        print(f"| {what} | {r:.3f} | ≤ {limit:.2f} | {'yes' if r <= limit else '**no**'} |")
 if cold:
     print()
     print("Cold start (a fresh workerd per row; medians, ms):")
