@@ -157,7 +157,7 @@ cp build/index.js build/index_bg.wasm bench/http/kv.js bench/http/js-forward.js 
 mkdir -p "$TMP/do"
 # The policy of wrangler.toml, as a Cap'n Proto text literal holding JSON; the second one with
 # the isolate record cache off (every lookup reads KV, unknown keys included).
-read -r POLICY_LITERAL POLICY_NOCACHE_LITERAL POLICY_TOKENS_LITERAL < <(python3 -c '
+{ read -r POLICY_LITERAL; read -r POLICY_NOCACHE_LITERAL; read -r POLICY_TOKENS_LITERAL; } < <(python3 -c '
 import json, tomllib
 with open("wrangler.toml", "rb") as f:
     policy = tomllib.load(f)["vars"]["POLICY"]
@@ -165,7 +165,7 @@ with open("wrangler.toml", "rb") as f:
 lit = lambda p: json.dumps(json.dumps(p, separators=(",", ":")))
 nocache = dict(policy, cache_ttl_seconds=0, negative_cache_ttl_seconds=0)
 tokens = dict(policy, tokens=dict(policy.get("tokens", {}), assertion=False))
-print(lit(policy), lit(nocache), lit(tokens))')
+print(lit(policy), lit(nocache), lit(tokens), sep="\n")')
 
 # config FILE SERVICE...: a workerd config serving the named services (keygate, keygate-nocache,
 # js-forward, js-validate) on their ports, with KV (and its socket) and, for keygate, the registry.
