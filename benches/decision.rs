@@ -1,7 +1,9 @@
 //! The whole native decision path, `Gateway::decide`, against a bare SHA-256 of the key.
 //!
-//! Run with `cargo bench --bench decision`. The goal tracked by the issue: a decision (warm
-//! cache) costs at most 3x a bare SHA-256 of the key string.
+//! Run with `cargo bench --bench decision`. The goals tracked by issue 14: a decision (warm
+//! cache) costs at most 3x a bare SHA-256 of the key string (both in the `decision` group, so
+//! one run gives both), and route matching at 1,000 routes at most 2x its cost at 10
+//! (`route_match`).
 //!
 //! Setup (all built outside the timed loops):
 //! - a policy of 56 routes mixing literal, `{param}` and `/*` paths, method restrictions, route
@@ -352,5 +354,47 @@ fn policy_load(c: &mut Criterion) {
     });
 }
 
-criterion_group!(benches, decision, policy_load);
+/// A policy of `n` routes, each `GET {first}/svc-{i}/items/{item}` needing its own scope.
+/// `shared = None`: every route has its own literal first segment (`/svc-{i}/...`), as services
+/// behind one gateway usually do; `Some(p)`: all of them start with the literal `p` (`/v1`), so
+/// the first-segment index cannot narrow the candidates.
+fn routes_policy(n: usize, shared: Option<&str>) -> Policy {
+    let first = shared.map(|p| format!("/{p}")).unwrap_or_default();
+    let routes: Vec<serde_json::Value> = (0..n)
+        .map(|i| {
+            json!({
+                "methods": ["GET"],
+                "path": format!("{first}/svc-{i}/items/{{item}}"),
+                "scopes": [format!("svc-{i}:read")],
+            })
+        })
+        .collect();
+    Policy::from_json(&json!({ "routes": routes })).expect("valid policy")
+}
+
+/// Route matching alone (`Policy::route` on the canonical segments), at 10 and at 1,000 routes,
+/// the request matching the last route. The issue's target: 1,000 routes cost at most 2x 10.
+fn route_matching(c: &mut Criterion) {
+    let mut group = c.benchmark_group("route_match");
+    for (label, shared) in [("own_prefix", None), ("shared_prefix", Some("v1"))] {
+        for n in [10usize, 1000] {
+            let policy = routes_policy(n, shared);
+            let first = shared.map(|p| format!("/{p}")).unwrap_or_default();
+            let path = format!("{first}/svc-{}/items/42", n - 1);
+            let segments = canonicalize(&path, PathRules::default()).unwrap().segments;
+            let route = policy.route("GET", &segments).expect("a route");
+            assert_eq!(route.index, n - 1, "the request matches the last route");
+            group.bench_function(format!("{label}_{n}"), |b| {
+                b.iter(|| {
+                    policy
+                        .route(black_box("GET"), black_box(&segments))
+                        .map(|r| r.index)
+                })
+            });
+        }
+    }
+    group.finish();
+}
+
+criterion_group!(benches, decision, route_matching, policy_load);
 criterion_main!(benches);

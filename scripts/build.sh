@@ -110,6 +110,17 @@ if [ "$mode" = dev ]; then
   worker-build --profile wasm-dev --no-opt --out-dir "$out" >&2
 else
   worker-build --release --out-dir "$out" >&2
+  # worker-build keeps the wasm name section (about 180 KB: every function's name); the
+  # deployed worker does without it (issue 14). KEYGATE_WASM_NAMES=1 keeps it, for readable
+  # wasm stack traces. The feature list is worker-build's own, so nothing newer is emitted.
+  if [ -z "${KEYGATE_WASM_NAMES:-}" ]; then
+    features=()
+    for f in mutable-globals sign-ext nontrapping-float-to-int bulk-memory multivalue reference-types exception-handling; do
+      features+=("--enable-$f")
+    done
+    "$WASM_OPT_BIN" "${features[@]}" --strip-debug --strip-producers "$out/index_bg.wasm" -o "$out/index_bg.wasm.stripped" >&2
+    mv "$out/index_bg.wasm.stripped" "$out/index_bg.wasm"
+  fi
 fi
 echo "$mode" > "$out/.mode"
 log "built $out ($mode) in $(awk "BEGIN{printf \"%.1f\", $(date +%s.%N) - $started}") s: $(stat -c %s "$out/index_bg.wasm") bytes of wasm"
