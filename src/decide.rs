@@ -27,7 +27,7 @@ use crate::revocation::{Feed, Kind, Verdict};
 use crate::scope::ScopeTemplate;
 use crate::store::{KvStore, LookupError, Records};
 use crate::time::Timestamp;
-use crate::token::{ACCESS_TYP, AccessClaims, TokenKeys, looks_like_jwt};
+use crate::token::{AccessClaims, TokenKeys, looks_like_jwt};
 
 /// What the edge knows about a request, already reduced to plain values.
 pub struct RequestFacts<'a, H: ?Sized> {
@@ -509,7 +509,9 @@ impl Gateway {
         now: Timestamp,
         feed: &Feed,
     ) -> Result<KeyRecord, Denial> {
-        let claims: AccessClaims = keys.verify(token, ACCESS_TYP).map_err(|_| Denial::InvalidToken)?;
+        let claims: AccessClaims = keys
+            .verify_access(token, now.millis().div_euclid(1000))
+            .map_err(|_| Denial::InvalidToken)?;
         claims.check_time(now).map_err(|e| match e {
             crate::token::TokenError::Expired => Denial::ExpiredToken,
             _ => Denial::InvalidToken,

@@ -248,8 +248,14 @@ async fn fetch(req: Request, env: Env, ctx: Context) -> worker::Result<Response>
         crate::key::random_hex(8).unwrap_or_else(|_| "0".repeat(16))
     });
     let method = req.inner().method().to_ascii_uppercase();
-    let path = req.url().map(|u| u.path().to_owned()).unwrap_or_default();
-    let response = match handle(req, &env, &ctx, &request_id).await {
+    // The URL is parsed once per request, here.
+    let url = req.url();
+    let path = url.as_ref().map(|u| u.path().to_owned()).unwrap_or_default();
+    let response = match url {
+        Ok(url) => handle(req, url, &env, &ctx, &request_id).await,
+        Err(e) => Err(e),
+    };
+    let response = match response {
         Ok(r) => r,
         Err(e) => {
             let prefix = KeyPrefix::default();
@@ -289,19 +295,22 @@ fn with_extra_headers(response: Response, extra: &[(&'static str, String)]) -> w
     if extra.is_empty() {
         return Ok(response);
     }
-    // Fetched headers are immutable: copy them to add ours.
-    let copy = Headers::new();
-    for (k, v) in response.headers().entries() {
-        copy.append(&k, &v)?;
-    }
+    // Fetched headers are immutable: copy them (one native call, not one per header) to add
+    // ours.
+    let copy = Headers(worker::web_sys::Headers::new_with_headers(&response.headers().0)?);
     for (k, v) in extra {
         copy.set(k, v)?;
     }
     Ok(response.with_headers(copy))
 }
 
-async fn handle(req: Request, env: &Env, wctx: &Context, request_id: &str) -> worker::Result<Response> {
-    let url = req.url()?;
+async fn handle(
+    req: Request,
+    url: worker::Url,
+    env: &Env,
+    wctx: &Context,
+    request_id: &str,
+) -> worker::Result<Response> {
     let raw_path = url.path().to_owned();
     // The runtime's `Method` maps unknown methods to GET; decisions use the method as sent.
     let method = req.inner().method().to_ascii_uppercase();
@@ -646,15 +655,12 @@ async fn forward(
     let target = deployment
         .target
         .url(scheme, authority, &f.path, query.as_deref());
-    let incoming: Vec<(String, String)> = req.headers().entries().collect();
-    let headers = Headers::new();
+    let incoming_headers = req.headers();
+    let incoming: Vec<(String, String)> = incoming_headers.entries().collect();
     let method = req.method();
     let bodiless = matches!(method, Method::Get | Method::Head);
-    for (name, value) in outbound_headers(policy, &incoming, &f, ctx.client_ip, bodiless, ctx.token) {
-        if !name.eq_ignore_ascii_case("x-request-id") {
-            headers.append(&name, &value)?;
-        }
-    }
+    let outbound = outbound_headers(policy, &incoming, &f, ctx.client_ip, bodiless, ctx.token);
+    let headers = outbound_object(incoming_headers, &incoming, &outbound)?;
     // The signed principal: the origin can verify with the JWKS that this came through here.
     if let (true, Some(keys), Some(principal)) = (
         policy.tokens.assertion,
@@ -699,11 +705,54 @@ async fn forward(
     if let Some(at) = f.sunset {
         extra.push(("Sunset", at.to_http_date()));
     }
-    extra.push(("X-Request-Id", ctx.request_id.to_owned()));
+    // (`X-Request-Id` is added by `stamp`, for every response.)
     if let Some((started, source)) = timing {
         extra.push(("Server-Timing", server_timing(started, sent, now(), source)));
     }
     with_extra_headers(response, &extra)
+}
+
+/// The outbound headers as a runtime `Headers` object holding exactly `outbound` (without any
+/// `X-Request-Id`): a native copy of the incoming object, minus what is not forwarded, plus what
+/// the gateway changed or added. Across the JS boundary that is one copy and a few calls, not
+/// one call per header. When `outbound` names a header twice, it is built header by header.
+fn outbound_object(
+    incoming_headers: &Headers,
+    incoming: &[(String, String)],
+    outbound: &[(String, String)],
+) -> worker::Result<Headers> {
+    let is_request_id = |n: &str| n.eq_ignore_ascii_case("x-request-id");
+    let names: Vec<String> = outbound
+        .iter()
+        .filter(|(n, _)| !is_request_id(n))
+        .map(|(n, _)| n.to_ascii_lowercase())
+        .collect();
+    let unique = names
+        .iter()
+        .enumerate()
+        .all(|(i, n)| !names.iter().skip(i + 1).any(|m| m == n));
+    if !unique {
+        let headers = Headers::new();
+        for (name, value) in outbound.iter().filter(|(n, _)| !is_request_id(n)) {
+            headers.append(name, value)?;
+        }
+        return Ok(headers);
+    }
+    let headers = Headers(worker::web_sys::Headers::new_with_headers(&incoming_headers.0)?);
+    for (name, _) in incoming {
+        if !names.contains(&name.to_ascii_lowercase()) {
+            headers.delete(name)?;
+        }
+    }
+    for (name, value) in outbound.iter().filter(|(n, _)| !is_request_id(n)) {
+        let unchanged = incoming
+            .iter()
+            .any(|(n, v)| n.eq_ignore_ascii_case(name) && v == value);
+        if !unchanged {
+            headers.set(name, value)?;
+        }
+    }
+    Ok(headers)
 }
 
 /// Reads at most `MAX_BODY + 1` bytes of a body, however it arrives (chunked included).

@@ -87,7 +87,14 @@ pub struct TokenKeys {
     signing: SigningKey,
     /// The signing key's public half first, then the previous one(s).
     verifying: Vec<(String, VerifyingKey)>,
+    /// Access tokens this isolate has verified, by SHA-256 of the token: a repeated token skips
+    /// the Ed25519 check (its claims, their times and the revocation feed are still checked on
+    /// every request). Bounded by [`VERIFIED_CAPACITY`].
+    verified: std::rc::Rc<std::cell::RefCell<std::collections::HashMap<[u8; 32], AccessClaims>>>,
 }
+
+/// Verified access tokens one isolate remembers, at most.
+pub const VERIFIED_CAPACITY: usize = 4_096;
 
 impl fmt::Debug for TokenKeys {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -170,7 +177,11 @@ impl TokenKeys {
             }
         }
         match signing {
-            Some(signing) => Ok(TokenKeys { signing, verifying }),
+            Some(signing) => Ok(TokenKeys {
+                signing,
+                verifying,
+                verified: Default::default(),
+            }),
             None => Err("token signing secret: no seed".to_owned()),
         }
     }
@@ -233,6 +244,27 @@ impl TokenKeys {
         token.push('.');
         URL_SAFE_NO_PAD.encode_string(signature.to_bytes(), &mut token);
         Ok(token)
+    }
+
+    /// [`TokenKeys::verify`] of an access token, remembering what verified: the same token
+    /// again costs a SHA-256 and a map lookup instead of an Ed25519 verification. Expired
+    /// entries are dropped when the map is full (everything, if none has expired).
+    pub fn verify_access(&self, token: &str, now_s: i64) -> Result<AccessClaims, TokenError> {
+        use sha2::Digest;
+        let digest: [u8; 32] = sha2::Sha256::digest(token.as_bytes()).into();
+        if let Some(claims) = self.verified.borrow().get(&digest) {
+            return Ok(claims.clone());
+        }
+        let claims: AccessClaims = self.verify(token, ACCESS_TYP)?;
+        let mut verified = self.verified.borrow_mut();
+        if verified.len() >= VERIFIED_CAPACITY {
+            verified.retain(|_, c| c.exp > now_s);
+            if verified.len() >= VERIFIED_CAPACITY {
+                verified.clear();
+            }
+        }
+        verified.insert(digest, claims.clone());
+        Ok(claims)
     }
 
     /// Verify a compact JWS strictly and return its claims; no time checks (see
@@ -475,6 +507,23 @@ mod tests {
 
     fn verify(keys: &TokenKeys, token: &str) -> Result<AccessClaims, TokenError> {
         keys.verify::<AccessClaims>(token, ACCESS_TYP)
+    }
+
+    #[test]
+    fn verified_access_tokens_are_remembered_but_still_checked_in_full_once() {
+        let k = keys();
+        let token = k.sign(ACCESS_TYP, &claims()).unwrap();
+        let first = k.verify_access(&token, 0).unwrap();
+        assert_eq!(k.verify_access(&token, 0).unwrap(), first);
+        assert_eq!(k.verified.borrow().len(), 1);
+        // A tampered token is verified (and refused), never taken from the map.
+        let mut bad = token.clone();
+        bad.pop();
+        bad.push(if token.ends_with('A') { 'B' } else { 'A' });
+        assert!(k.verify_access(&bad, 0).is_err());
+        assert_eq!(k.verified.borrow().len(), 1);
+        // Clones share the map (one per isolate).
+        assert_eq!(k.clone().verified.borrow().len(), 1);
     }
 
     #[test]
