@@ -245,40 +245,182 @@ impl Cors {
     }
 }
 
-/// Candidate routes by first path segment, in file order, so a lookup tries only the routes
-/// that could match instead of all of them.
-#[derive(Debug, Clone, Default)]
+/// A segment trie over the route patterns, so a lookup visits only the routes whose pattern can
+/// match the path's shape (literal segments, `{param}`s, a final `/*`), however many routes
+/// share a prefix. Each trie node is one pattern prefix, so a lookup visits a node at most once,
+/// and it allocates nothing.
+#[derive(Debug, Clone)]
 struct RouteIndex {
-    /// For each literal first segment: the routes starting with it, merged with `other`.
-    by_first: HashMap<String, Vec<usize>>,
-    /// Routes whose first segment is not a literal (a parameter, or none at all).
-    other: Vec<usize>,
+    /// The arena; node 0 is the root (the empty prefix).
+    nodes: Vec<TrieNode>,
+}
+
+#[derive(Debug, Clone)]
+struct TrieNode {
+    /// Children by literal segment.
+    lits: Lits,
+    /// The child for a `{param}` segment (any one segment).
+    param: Option<usize>,
+    /// Routes whose pattern ends here, matching only when the path ends here too (ascending).
+    end: Vec<usize>,
+    /// Routes whose pattern ends here with `/*`: any remaining segments, or none (ascending).
+    rest: Vec<usize>,
+    /// The smallest route index in this subtree, to skip subtrees that cannot beat a match.
+    min: usize,
+}
+
+impl TrieNode {
+    fn new() -> Self {
+        TrieNode {
+            lits: Lits::Few(Vec::new()),
+            param: None,
+            end: Vec::new(),
+            rest: Vec::new(),
+            min: usize::MAX,
+        }
+    }
+}
+
+/// A node's literal children: a short list is scanned, a long one hashed (services under one
+/// prefix), so the cost of a step does not grow with the number of siblings.
+#[derive(Debug, Clone)]
+enum Lits {
+    Few(Vec<(Box<str>, usize)>),
+    Many(HashMap<Box<str>, usize>),
+}
+
+impl Lits {
+    /// Above this many children, a node hashes them.
+    const FEW: usize = 8;
+
+    fn get(&self, seg: &str) -> Option<usize> {
+        match self {
+            Lits::Few(list) => list.iter().find(|(k, _)| k.as_ref() == seg).map(|&(_, c)| c),
+            Lits::Many(map) => map.get(seg).copied(),
+        }
+    }
+
+    fn insert(&mut self, seg: &str, child: usize) {
+        match self {
+            Lits::Few(list) if list.len() < Self::FEW => list.push((seg.into(), child)),
+            Lits::Few(list) => {
+                let mut map: HashMap<Box<str>, usize> = std::mem::take(list).into_iter().collect();
+                map.insert(seg.into(), child);
+                *self = Lits::Many(map);
+            }
+            Lits::Many(map) => {
+                map.insert(seg.into(), child);
+            }
+        }
+    }
+}
+
+impl Default for RouteIndex {
+    fn default() -> Self {
+        RouteIndex {
+            nodes: vec![TrieNode::new()],
+        }
+    }
 }
 
 impl RouteIndex {
     fn new(routes: &[Route]) -> Self {
-        let other: Vec<usize> = routes
-            .iter()
-            .filter(|r| r.pattern.first_literal().is_none())
-            .map(|r| r.index)
-            .collect();
-        let mut by_first: HashMap<String, Vec<usize>> = HashMap::new();
+        let mut index = RouteIndex::default();
         for r in routes {
-            if let Some(lit) = r.pattern.first_literal() {
-                by_first.entry(lit.to_owned()).or_default().push(r.index);
-            }
+            index.insert(&r.pattern, r.index);
         }
-        for list in by_first.values_mut() {
-            list.extend(&other);
-            list.sort_unstable();
-        }
-        RouteIndex { by_first, other }
+        index
     }
 
-    fn candidates<S: AsRef<str>>(&self, path: &[S]) -> &[usize] {
-        path.first()
-            .and_then(|s| self.by_first.get(s.as_ref()))
-            .unwrap_or(&self.other)
+    fn insert(&mut self, pattern: &RoutePattern, route: usize) {
+        let mut at = 0;
+        self.note_min(at, route);
+        for seg in &pattern.segs {
+            at = match seg {
+                PSeg::Lit(l) => self.lit_child(at, l),
+                PSeg::Param(_) => self.param_child(at),
+            };
+            self.note_min(at, route);
+        }
+        if let Some(node) = self.nodes.get_mut(at) {
+            let list = if pattern.rest {
+                &mut node.rest
+            } else {
+                &mut node.end
+            };
+            // Routes arrive in file order, but keep the list sorted whatever the order.
+            let pos = list.partition_point(|&i| i < route);
+            list.insert(pos, route);
+        }
+    }
+
+    fn note_min(&mut self, at: usize, route: usize) {
+        if let Some(node) = self.nodes.get_mut(at) {
+            node.min = node.min.min(route);
+        }
+    }
+
+    fn lit_child(&mut self, at: usize, lit: &str) -> usize {
+        let fresh = self.nodes.len();
+        let Some(node) = self.nodes.get_mut(at) else {
+            return fresh;
+        };
+        match node.lits.get(lit) {
+            Some(child) => child,
+            None => {
+                node.lits.insert(lit, fresh);
+                self.nodes.push(TrieNode::new());
+                fresh
+            }
+        }
+    }
+
+    fn param_child(&mut self, at: usize) -> usize {
+        let fresh = self.nodes.len();
+        let Some(node) = self.nodes.get_mut(at) else {
+            return fresh;
+        };
+        match node.param {
+            Some(child) => child,
+            None => {
+                node.param = Some(fresh);
+                self.nodes.push(TrieNode::new());
+                fresh
+            }
+        }
+    }
+
+    /// The smallest route index whose pattern matches `path` and for which `accept` holds.
+    fn first<S: AsRef<str>>(&self, path: &[S], accept: &impl Fn(usize) -> bool) -> Option<usize> {
+        let mut best = usize::MAX;
+        self.visit(0, path, accept, &mut best);
+        (best != usize::MAX).then_some(best)
+    }
+
+    /// Walk the subtree at `at` with `path` the segments still to match, lowering `best`.
+    fn visit<S: AsRef<str>>(&self, at: usize, path: &[S], accept: &impl Fn(usize) -> bool, best: &mut usize) {
+        let Some(node) = self.nodes.get(at) else {
+            return;
+        };
+        if node.min >= *best {
+            return;
+        }
+        let mut take = |list: &[usize]| {
+            if let Some(&i) = list.iter().take_while(|&&i| i < *best).find(|&&i| accept(i)) {
+                *best = i;
+            }
+        };
+        take(&node.rest);
+        let Some((seg, tail)) = path.split_first() else {
+            take(&node.end);
+            return;
+        };
+        if let Some(child) = node.lits.get(seg.as_ref()) {
+            self.visit(child, tail, accept, best);
+        }
+        if let Some(child) = node.param {
+            self.visit(child, tail, accept, best);
+        }
     }
 }
 
@@ -347,13 +489,6 @@ impl RoutePattern {
     /// The pattern as written in the policy.
     pub fn source(&self) -> &str {
         &self.source
-    }
-
-    fn first_literal(&self) -> Option<&str> {
-        match self.segs.first() {
-            Some(PSeg::Lit(l)) => Some(l),
-            _ => None,
-        }
     }
 
     pub fn has_param(&self, name: &str) -> bool {
@@ -611,15 +746,8 @@ impl Policy {
     /// The first route, in file order, whose method and path match. Its path parameters are
     /// read from the same segments with [`RoutePattern::param`].
     pub fn route<S: AsRef<str>>(&self, method: &str, path: &[S]) -> Option<&Route> {
-        // The segment count rules out most routes, so it goes first; all three must hold.
-        let candidates = self
-            .index
-            .candidates(path)
-            .iter()
-            .filter_map(|&i| self.routes.get(i));
-        candidates.into_iter().find(|r| {
-            r.pattern.has_len_for(path.len()) && r.allows_method(method) && r.pattern.is_match(path)
-        })
+        let allowed = |i: usize| self.routes.get(i).is_some_and(|r| r.allows_method(method));
+        self.index.first(path, &allowed).and_then(|i| self.routes.get(i))
     }
 }
 
@@ -748,6 +876,7 @@ impl Route {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::prelude::*;
     use serde_json::json;
 
     use crate::path::canonicalize;
@@ -848,6 +977,84 @@ mod tests {
                     linear.map(|r| r.index),
                     "{method} {path}"
                 );
+            }
+        }
+    }
+
+    /// One generated route: its methods (none: any), its segments (`None` is a parameter), and
+    /// whether it ends in `/*`.
+    type GenRoute = (Option<Vec<&'static str>>, Vec<Option<&'static str>>, bool);
+
+    fn gen_route() -> impl Strategy<Value = GenRoute> {
+        let method = prop::sample::select(vec!["GET", "POST", "put"]);
+        // Mostly three literals, so routes overlap; sometimes more, so a node hashes its children.
+        let seg = prop_oneof![
+            6 => prop::sample::select(vec!["a", "b", "c"]).prop_map(Some),
+            2 => prop::sample::select(LITS.to_vec()).prop_map(Some),
+            3 => Just(None),
+        ];
+        (
+            prop::option::of(prop::collection::vec(method, 1..3)),
+            prop::collection::vec(seg, 0..4),
+            any::<bool>(),
+        )
+    }
+
+    const LITS: [&str; 12] = ["a", "b", "c", "d", "e", "f", "g", "h", "i", "j", "k", "l"];
+
+    fn path_seg() -> impl Strategy<Value = &'static str> {
+        prop_oneof![
+            6 => prop::sample::select(vec!["a", "b", "c"]),
+            2 => prop::sample::select(LITS.to_vec()),
+            1 => prop::sample::select(vec!["z", ""]),
+        ]
+    }
+
+    fn gen_policy(routes: &[GenRoute]) -> Policy {
+        let routes: Vec<serde_json::Value> = routes
+            .iter()
+            .map(|(methods, segs, rest)| {
+                let mut path: String = segs
+                    .iter()
+                    .enumerate()
+                    .map(|(i, s)| match s {
+                        Some(lit) => format!("/{lit}"),
+                        None => format!("/{{p{i}}}"),
+                    })
+                    .collect();
+                if *rest {
+                    path.push_str("/*");
+                } else if path.is_empty() {
+                    path.push('/');
+                }
+                match methods {
+                    Some(ms) => json!({"methods": ms, "path": path}),
+                    None => json!({"path": path}),
+                }
+            })
+            .collect();
+        Policy::from_json(&json!({ "routes": routes })).unwrap()
+    }
+
+    proptest! {
+        #[test]
+        fn the_route_trie_agrees_with_a_linear_scan(
+            routes in prop::collection::vec(gen_route(), 0..40),
+            paths in prop::collection::vec(prop::collection::vec(path_seg(), 0..6), 1..16),
+        ) {
+            let p = gen_policy(&routes);
+            for path in &paths {
+                for method in ["GET", "post", "PUT", "DELETE"] {
+                    let linear = p
+                        .routes
+                        .iter()
+                        .find(|r| r.allows_method(method) && r.pattern.is_match(path));
+                    prop_assert_eq!(
+                        p.route(method, path).map(|r| r.index),
+                        linear.map(|r| r.index),
+                        "{} {:?}", method, path
+                    );
+                }
             }
         }
     }
