@@ -705,7 +705,9 @@ async fn forward(
     if let Some(at) = f.sunset {
         extra.push(("Sunset", at.to_http_date()));
     }
-    // (`X-Request-Id` is added by `stamp`, for every response.)
+    // Always a copy with `X-Request-Id`: the fetched headers are immutable, and `stamp` setting
+    // it on them would throw (an exception across the boundary costs more than the copy).
+    extra.push(("X-Request-Id", ctx.request_id.to_owned()));
     if let Some((started, source)) = timing {
         extra.push(("Server-Timing", server_timing(started, sent, now(), source)));
     }
