@@ -358,6 +358,25 @@ async fn handle(
         );
     }
     let cache = cache(policy);
+    // An admin hostname serves the admin API and console only (and `/healthz`): nothing else,
+    // so no origin page (and no other endpoint) shares an origin, and the console's
+    // sessionStorage, with them.
+    let is_admin_path = raw_path == "/admin" || raw_path.starts_with("/admin/");
+    if policy.admin.dedicated(&host)
+        && !is_admin_path
+        && canonicalize(&raw_path, policy.path_rules)
+            .ok()
+            .is_none_or(|c| c.matched().first().is_none_or(|s| s != "admin"))
+    {
+        let p = Problem::from_denial(&Denial::NoRoute, &policy.realm);
+        return answer(
+            &ctx,
+            &p,
+            None,
+            None,
+            Some("an admin hostname serves only /admin/*"),
+        );
+    }
     // The failed-auth limiter's view of the client: its address (an IPv6 /64), when known.
     let client = client_ip.map(crate::limits::client_key);
     let guard = policy.limits.failed_auth.as_ref().zip(client.as_deref());
@@ -401,18 +420,6 @@ async fn handle(
             return console_asset(&req, env, &ctx, asset).await;
         }
         return admin(req, env, &ctx, &admin_path).await;
-    }
-    // An admin hostname serves the admin API and console only: no origin page shares an origin
-    // (and so the console's sessionStorage) with them.
-    if policy.admin.dedicated(&host) {
-        let p = Problem::from_denial(&Denial::NoRoute, &policy.realm);
-        return answer(
-            &ctx,
-            &p,
-            None,
-            None,
-            Some("an admin hostname serves only /admin/*"),
-        );
     }
     if !FORWARDABLE.contains(&method.as_str()) {
         return answer(&ctx, &problem::method_not_implemented(), None, None, None);
@@ -655,12 +662,18 @@ async fn forward(
     let target = deployment
         .target
         .url(scheme, authority, &f.path, query.as_deref());
-    let incoming_headers = req.headers();
-    let incoming: Vec<(String, String)> = incoming_headers.entries().collect();
+    let incoming: Vec<(String, String)> = req.headers().entries().collect();
     let method = req.method();
     let bodiless = matches!(method, Method::Get | Method::Head);
-    let outbound = outbound_headers(policy, &incoming, &f, ctx.client_ip, bodiless, ctx.token);
-    let headers = outbound_object(incoming_headers, &incoming, &outbound)?;
+    // Built header by header from exactly what `outbound_headers` returns: a native copy of the
+    // incoming object trimmed by differences was tried, and leaked repeated `Set-Cookie`
+    // request headers (listed one by one, unlike other names) and cost quadratic time.
+    let headers = Headers::new();
+    for (name, value) in outbound_headers(policy, &incoming, &f, ctx.client_ip, bodiless, ctx.token) {
+        if !name.eq_ignore_ascii_case("x-request-id") {
+            headers.append(&name, &value)?;
+        }
+    }
     // The signed principal: the origin can verify with the JWKS that this came through here.
     if let (true, Some(keys), Some(principal)) = (
         policy.tokens.assertion,
@@ -712,49 +725,6 @@ async fn forward(
         extra.push(("Server-Timing", server_timing(started, sent, now(), source)));
     }
     with_extra_headers(response, &extra)
-}
-
-/// The outbound headers as a runtime `Headers` object holding exactly `outbound` (without any
-/// `X-Request-Id`): a native copy of the incoming object, minus what is not forwarded, plus what
-/// the gateway changed or added. Across the JS boundary that is one copy and a few calls, not
-/// one call per header. When `outbound` names a header twice, it is built header by header.
-fn outbound_object(
-    incoming_headers: &Headers,
-    incoming: &[(String, String)],
-    outbound: &[(String, String)],
-) -> worker::Result<Headers> {
-    let is_request_id = |n: &str| n.eq_ignore_ascii_case("x-request-id");
-    let names: Vec<String> = outbound
-        .iter()
-        .filter(|(n, _)| !is_request_id(n))
-        .map(|(n, _)| n.to_ascii_lowercase())
-        .collect();
-    let unique = names
-        .iter()
-        .enumerate()
-        .all(|(i, n)| !names.iter().skip(i + 1).any(|m| m == n));
-    if !unique {
-        let headers = Headers::new();
-        for (name, value) in outbound.iter().filter(|(n, _)| !is_request_id(n)) {
-            headers.append(name, value)?;
-        }
-        return Ok(headers);
-    }
-    let headers = Headers(worker::web_sys::Headers::new_with_headers(&incoming_headers.0)?);
-    for (name, _) in incoming {
-        if !names.contains(&name.to_ascii_lowercase()) {
-            headers.delete(name)?;
-        }
-    }
-    for (name, value) in outbound.iter().filter(|(n, _)| !is_request_id(n)) {
-        let unchanged = incoming
-            .iter()
-            .any(|(n, v)| n.eq_ignore_ascii_case(name) && v == value);
-        if !unchanged {
-            headers.set(name, value)?;
-        }
-    }
-    Ok(headers)
 }
 
 /// Reads at most `MAX_BODY + 1` bytes of a body, however it arrives (chunked included).

@@ -21,6 +21,10 @@ pub const TESTS: &[Test] = &[
         path_encoded_separators_are_refused,
     ),
     (
+        "attacks::headers_repeated_values_holding_secrets_are_stripped",
+        headers_repeated_values_holding_secrets_are_stripped,
+    ),
+    (
         "attacks::path_dot_segments_resolve_before_matching",
         path_dot_segments_resolve_before_matching,
     ),
@@ -600,6 +604,29 @@ fn keys_never_reach_origin_protected(c: &Ctx) {
 
 // ---- 4. headers ----------------------------------------------------------------------------
 
+/// A key or the admin token in one of several repeated headers (`Set-Cookie`, which the runtime
+/// lists value by value, and an ordinary header sent twice) never reaches the origin, while the
+/// other values do.
+fn headers_repeated_values_holding_secrets_are_stripped(c: &Ctx) {
+    let (key, _) = c.key_with(&["license:read"]);
+    let token_cookie = format!("adm={}", c.main.admin_token);
+    let key_cookie = format!("leak={key}");
+    let hs = [
+        ("Set-Cookie", "a=1"),
+        ("Set-Cookie", key_cookie.as_str()),
+        ("Set-Cookie", token_cookie.as_str()),
+        ("X-Note", "plain"),
+        ("X-Note", key.as_str()),
+    ];
+    let r = raw(&c.main.base, "GET", "/public/repeated-secrets", &hs);
+    let echoed = r.echoed();
+    let text = echoed.to_string();
+    assert!(!text.contains(&key), "a key reached the origin: {text}");
+    assert!(!text.contains(&c.main.admin_token), "the admin token reached the origin: {text}");
+    let h = headers_of(&echoed);
+    assert!(h.get("set-cookie").is_some_and(|v| v.as_str() == Some("a=1")), "{h:?}");
+}
+
 fn headers_x_key_look_alikes_are_stripped(c: &Ctx) {
     let spoofs = [
         ("X_Key_Scopes", "admin:**"),
@@ -948,6 +975,10 @@ fn admin_fenced_by_host_and_address(c: &Ctx) {
     assert_eq!(c.origin.received("/public/on-admin-host").len(), before);
     let r = raw_as(&c.edge.base, &host, "GET", "/healthz", &[]);
     assert_eq!(r.status, 200, "{}", r.body);
+    for path in ["/.well-known/jwks.json", "/oauth/token", "/v1/keys/verify"] {
+        let r = raw_as(&c.edge.base, &host, "GET", path, &[("CF-Connecting-IP", "10.1.2.3")]);
+        assert_eq!((r.status, r.code().as_str()), (404, "no_route"), "{path}: {}", r.body);
+    }
     let r = raw_as(
         &c.edge.base,
         &format!("127.0.0.1:{port}"),
