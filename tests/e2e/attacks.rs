@@ -622,9 +622,15 @@ fn headers_repeated_values_holding_secrets_are_stripped(c: &Ctx) {
     let echoed = r.echoed();
     let text = echoed.to_string();
     assert!(!text.contains(&key), "a key reached the origin: {text}");
-    assert!(!text.contains(&c.main.admin_token), "the admin token reached the origin: {text}");
+    assert!(
+        !text.contains(&c.main.admin_token),
+        "the admin token reached the origin: {text}"
+    );
     let h = headers_of(&echoed);
-    assert!(h.get("set-cookie").is_some_and(|v| v.as_str() == Some("a=1")), "{h:?}");
+    assert!(
+        h.get("set-cookie").is_some_and(|v| v.as_str() == Some("a=1")),
+        "{h:?}"
+    );
 }
 
 fn headers_x_key_look_alikes_are_stripped(c: &Ctx) {
@@ -976,8 +982,19 @@ fn admin_fenced_by_host_and_address(c: &Ctx) {
     let r = raw_as(&c.edge.base, &host, "GET", "/healthz", &[]);
     assert_eq!(r.status, 200, "{}", r.body);
     for path in ["/.well-known/jwks.json", "/oauth/token", "/v1/keys/verify"] {
-        let r = raw_as(&c.edge.base, &host, "GET", path, &[("CF-Connecting-IP", "10.1.2.3")]);
-        assert_eq!((r.status, r.code().as_str()), (404, "no_route"), "{path}: {}", r.body);
+        let r = raw_as(
+            &c.edge.base,
+            &host,
+            "GET",
+            path,
+            &[("CF-Connecting-IP", "10.1.2.3")],
+        );
+        assert_eq!(
+            (r.status, r.code().as_str()),
+            (404, "no_route"),
+            "{path}: {}",
+            r.body
+        );
     }
     let r = raw_as(
         &c.edge.base,
