@@ -759,8 +759,13 @@ async fn lookup_traced(
     Result<Option<Rc<crate::record::KeyRecord>>, store::LookupError>,
     &'static str,
 ) {
-    let cached = records.cache.borrow_mut().get(id, now).is_some();
-    let record = records.get(id, now).await;
+    // What `Records::get` does (the cache, then KV), with one cache lookup that also says which.
+    let hit = records.cache.borrow_mut().get(id, now);
+    let cached = hit.is_some();
+    let record = match hit {
+        Some(r) => Ok(r),
+        None => records.load(id, now).await,
+    };
     if let Ok(Some(r)) = &record
         && let Some(version) = feed::with(|f| f.refresh_needed(r, now))
     {

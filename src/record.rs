@@ -101,6 +101,12 @@ impl KeyRecord {
         }
     }
 
+    /// The refill that applies to the key's credits: none once it is retired by a rotation
+    /// (its balance moved to the successor).
+    pub fn refill_in_effect(&self) -> Option<crate::credits::Refill> {
+        self.refill.filter(|_| self.rotated_to.is_none())
+    }
+
     /// The public view: every field but the hash, plus the derived status.
     pub fn view(&self, now: Timestamp) -> Value {
         let mut v = serde_json::to_value(self).unwrap_or(Value::Null);

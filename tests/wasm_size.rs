@@ -22,7 +22,7 @@ use std::process::{Command, Stdio};
 
 const MAX_RAW: u64 = 400_000;
 const MAX_GZIP: u64 = 150_000;
-/// Today's size (1,163,917 raw, about 499,000 gzip -9 on 2026-11-23) plus a few percent.
+/// Today's size (1,166,473 raw, 498,973 gzip -9 on 2026-11-23) plus a few percent.
 const CEILING_RAW: u64 = 1_230_000;
 const CEILING_GZIP: u64 = 525_000;
 
@@ -65,13 +65,19 @@ fn gzip_len(bytes: &[u8]) -> u64 {
     out.stdout.len() as u64
 }
 
-#[test]
-#[ignore = "issue 14's budget (400,000 raw / 150,000 gzip) is not met: about 1,164 KB raw / 499 KB gzip, see BENCHMARKS.md"]
-fn release_wasm_is_within_the_size_budget() {
+/// (raw, gzip -9) bytes of the release wasm, printed.
+fn release_sizes() -> (u64, u64) {
     let wasm = release_wasm();
     let raw = wasm.len() as u64;
     let gz = gzip_len(&wasm);
     eprintln!("build/index_bg.wasm: {raw} bytes raw, {gz} bytes gzip -9");
+    (raw, gz)
+}
+
+#[test]
+#[ignore = "issue 14's budget (400,000 raw / 150,000 gzip) is not met: about 1,166 KB raw / 499 KB gzip, see BENCHMARKS.md"]
+fn release_wasm_is_within_the_size_budget() {
+    let (raw, gz) = release_sizes();
     assert!(
         raw <= MAX_RAW && gz <= MAX_GZIP,
         "build/index_bg.wasm is {raw} bytes raw (budget {MAX_RAW}) and {gz} bytes gzipped (budget {MAX_GZIP})"
@@ -80,10 +86,7 @@ fn release_wasm_is_within_the_size_budget() {
 
 #[test]
 fn release_wasm_stays_under_its_ceiling() {
-    let wasm = release_wasm();
-    let raw = wasm.len() as u64;
-    let gz = gzip_len(&wasm);
-    eprintln!("build/index_bg.wasm: {raw} bytes raw, {gz} bytes gzip -9");
+    let (raw, gz) = release_sizes();
     assert!(
         raw <= CEILING_RAW && gz <= CEILING_GZIP,
         "build/index_bg.wasm grew to {raw} bytes raw (ceiling {CEILING_RAW}) and {gz} bytes gzipped (ceiling {CEILING_GZIP})"

@@ -38,6 +38,23 @@ fn retirement_of(r: &Retirement, record: &mut KeyRecord) {
 }
 
 impl<S: AdminStore> AdminContext<'_, S> {
+    /// Save `next` as the version after `current`: stamped now, at `current`'s version plus
+    /// one (the registry refuses anything else, so a write built on a stale read is lost, not
+    /// silently applied).
+    pub(super) async fn save_next(
+        &self,
+        current: &KeyRecord,
+        mut next: KeyRecord,
+    ) -> Result<Rc<KeyRecord>, Problem> {
+        next.updated_at = self.now;
+        next.version = current.version.saturating_add(1);
+        self.records
+            .save(next, self.now)
+            .await
+            .map_err(store_error)?
+            .ok_or_else(key_not_found)
+    }
+
     /// The key's record as the admin API acts on it: straight from the store, with every
     /// lifecycle fact applied, and only when the actor can reach it (anything else is
     /// `404 key_not_found`, so the existence of keys beyond reach is not disclosed).
@@ -273,14 +290,7 @@ impl<S: AdminStore> AdminContext<'_, S> {
         if changed.is_empty() {
             return ok(200, self.show(&current)?).map(|r| r.tagged(current.version));
         }
-        next.updated_at = self.now;
-        next.version = current.version.saturating_add(1);
-        let saved = self
-            .records
-            .save(next, self.now)
-            .await
-            .map_err(store_error)?
-            .ok_or_else(key_not_found)?;
+        let saved = self.save_next(&current, next).await?;
         let (toggled, others): (Vec<_>, Vec<_>) = changed.into_iter().partition(|f| f == "enabled");
         if !toggled.is_empty() {
             let action = if saved.enabled {
@@ -322,14 +332,7 @@ impl<S: AdminStore> AdminContext<'_, S> {
         let mut next = (*current).clone();
         next.revoked_at = Some(revocation.at);
         next.revoke_reason = revocation.reason;
-        next.updated_at = self.now;
-        next.version = current.version.saturating_add(1);
-        let saved = self
-            .records
-            .save(next, self.now)
-            .await
-            .map_err(store_error)?
-            .ok_or_else(key_not_found)?;
+        let saved = self.save_next(&current, next).await?;
         self.audit(
             actor,
             AuditAction::KeyRevoke,

@@ -6,7 +6,7 @@
 use serde_json::{Value, json};
 
 use crate::credential::HeaderSource;
-use crate::problem::{Problem, invalid_field, invalid_query, key_not_found, store_error};
+use crate::problem::{Problem, invalid_field, invalid_query, store_error};
 use crate::record::KeyRecord;
 use crate::registry::AdminStore;
 use crate::registry::meter::MeterOp;
@@ -70,15 +70,7 @@ impl<S: AdminStore> AdminContext<'_, S> {
         if_match(req, &record)?;
         self.records.store.queue_meter(&record.id, op);
         // A new version, so that `If-Match` orders concurrent changes of the balance.
-        let mut next = (*record).clone();
-        next.updated_at = self.now;
-        next.version = record.version.saturating_add(1);
-        let saved = self
-            .records
-            .save(next, self.now)
-            .await
-            .map_err(store_error)?
-            .ok_or_else(key_not_found)?;
+        let saved = self.save_next(&record, (*record).clone()).await?;
         self.audit(
             actor,
             AuditAction::KeyCredits,

@@ -212,7 +212,7 @@ impl<D: SqlDb> SqlRegistry<D> {
             return Ok(LeaseAnswer::Unmetered);
         }
         // A retired key (rotated) is never refilled: its balance moved to its successor.
-        let refill = record.refill.filter(|_| record.rotated_to.is_none());
+        let refill = record.refill_in_effect();
         ledger.refill_due(refill.as_ref(), now);
         self.db.exec(
             "DELETE FROM leases WHERE key_id = ?1 AND at <= ?2",

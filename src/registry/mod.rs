@@ -550,7 +550,7 @@ impl<D: SqlDb> AdminStore for SqlRegistry<D> {
     }
 
     fn credits(&self, record: &KeyRecord, now: Timestamp) -> Result<Option<meter::CreditsView>, StoreError> {
-        let refill = record.refill.filter(|_| record.rotated_to.is_none());
+        let refill = record.refill_in_effect();
         self.credits_view(&record.id, refill.as_ref(), now)
     }
 
