@@ -18,11 +18,12 @@ use crate::log::{self, RequestContext};
 use crate::path::canonicalize;
 use crate::policy::Policy;
 use crate::problem::{self, Problem};
+use crate::request_url::RequestUrl;
 use crate::store::{self, ListPage, Records, StoreError};
 use crate::time::Timestamp;
+use worker::wasm_bindgen::JsCast;
 use worker::{
-    Context, Env, Fetch, Headers, Method, Request, RequestInit, RequestRedirect, Response, console_error,
-    console_log, event,
+    Context, Env, Headers, Method, Request, RequestInit, Response, console_error, console_log, event, web_sys,
 };
 
 mod durable;
@@ -234,26 +235,72 @@ fn respond(
 }
 
 /// Adds `X-Request-Id` to any response (fetched ones have immutable headers: copied).
-fn stamp(mut response: Response, request_id: &str) -> worker::Result<Response> {
-    if response.headers_mut().set("X-Request-Id", request_id).is_ok() {
+fn stamp(response: web_sys::Response, request_id: &str) -> worker::Result<web_sys::Response> {
+    if response.headers().set("X-Request-Id", request_id).is_ok() {
         return Ok(response);
     }
-    with_extra_headers(response, &[("X-Request-Id", request_id.to_owned())])
+    with_extra_headers_raw(response, &[("X-Request-Id", request_id.to_owned())])
 }
 
+/// A workers-rs response as the runtime's own (what the entry returns).
+fn raw(response: worker::Result<Response>) -> worker::Result<web_sys::Response> {
+    response.map(Into::into)
+}
+
+/// The runtime's response with `extra` headers set on a copy of its own (one native call copies
+/// them: fetched headers are immutable), body and status unchanged.
+fn with_extra_headers_raw(
+    response: web_sys::Response,
+    extra: &[(&'static str, String)],
+) -> worker::Result<web_sys::Response> {
+    if extra.is_empty() {
+        return Ok(response);
+    }
+    // A WebSocket upgrade's response can only be rebuilt with its socket: workers-rs's
+    // conversion carries it.
+    if response.status() == 101 {
+        return with_extra_headers(Response::from(response), extra).map(Into::into);
+    }
+    let headers = web_sys::Headers::new_with_headers(&response.headers())?;
+    for (k, v) in extra {
+        headers.set(k, v)?;
+    }
+    let init = web_sys::ResponseInit::new();
+    init.set_status(response.status());
+    init.set_headers(&headers);
+    Ok(web_sys::Response::new_with_opt_readable_stream_and_init(
+        response.body().as_ref(),
+        &init,
+    )?)
+}
+
+/// `KEYGATE_TEST_PANIC = "1"` (tests only): `GET /__keygate/panic` aborts the wasm instance, so
+/// a test can check that the next request is served by a fresh one (`scripts/entry.mjs`).
+const TEST_PANIC_VAR: &str = "KEYGATE_TEST_PANIC";
+
+/// The entry. It takes the runtime's own request object (workers-rs's `Request` would read its
+/// method, URL, headers and `cf` object across the boundary first, whether used or not) and
+/// answers with the runtime's own response object.
 #[event(fetch)]
-async fn fetch(req: Request, env: Env, ctx: Context) -> worker::Result<Response> {
-    let cf_ray = req.headers().get("cf-ray").ok().flatten();
+async fn fetch(req: web_sys::Request, env: Env, ctx: Context) -> worker::Result<web_sys::Response> {
+    let headers = Headers(req.headers());
+    let cf_ray = headers.get("cf-ray").ok().flatten();
     let request_id = log::request_id(cf_ray.as_deref(), || {
         crate::key::random_hex(8).unwrap_or_else(|_| "0".repeat(16))
     });
-    let method = req.inner().method().to_ascii_uppercase();
-    // The URL is parsed once per request, here.
-    let url = req.url();
-    let path = url.as_ref().map(|u| u.path().to_owned()).unwrap_or_default();
+    let method = req.method().to_ascii_uppercase();
+    // The URL is read and split once per request, here.
+    let url_text = req.url();
+    let url = RequestUrl::parse(&url_text);
+    let path = url.map(|u| u.path.to_owned()).unwrap_or_default();
+    if path == "/__keygate/panic" && env.var(TEST_PANIC_VAR).is_ok_and(|v| v.to_string() == "1") {
+        std::process::abort();
+    }
     let response = match url {
-        Ok(url) => handle(req, url, &env, &ctx, &request_id).await,
-        Err(e) => Err(e),
+        Some(url) => handle(req, headers, url, &method, &env, &ctx, &request_id).await,
+        None => Err(worker::Error::RustError(format!(
+            "the runtime gave an unparsable URL: {url_text}"
+        ))),
     };
     let response = match response {
         Ok(r) => r,
@@ -274,6 +321,7 @@ async fn fetch(req: Request, env: Env, ctx: Context) -> worker::Result<Response>
                 None,
                 Some(&e.to_string()),
             )?
+            .into()
         }
     };
     // Usage counts reach the registry at most once per flush interval, after the response.
@@ -304,20 +352,20 @@ fn with_extra_headers(response: Response, extra: &[(&'static str, String)]) -> w
     Ok(response.with_headers(copy))
 }
 
+#[allow(clippy::too_many_arguments)]
 async fn handle(
-    req: Request,
-    url: worker::Url,
+    req: web_sys::Request,
+    headers: Headers,
+    url: RequestUrl<'_>,
+    method: &str,
     env: &Env,
     wctx: &Context,
     request_id: &str,
-) -> worker::Result<Response> {
-    let raw_path = url.path().to_owned();
-    // The runtime's `Method` maps unknown methods to GET; decisions use the method as sent.
-    let method = req.inner().method().to_ascii_uppercase();
-    let client_ip = req
-        .headers()
-        .get("cf-connecting-ip")?
-        .and_then(|v| ClientIp::parse(&v));
+) -> worker::Result<web_sys::Response> {
+    let raw_path = url.path.to_owned();
+    // Decisions use the method as sent (workers-rs's `Method` maps unknown ones to GET).
+    let method = method.to_owned();
+    let client_ip = headers.get("cf-connecting-ip")?.and_then(|v| ClientIp::parse(&v));
     let deployment = match deployment(env) {
         Ok(d) => d,
         Err(reason) => {
@@ -330,7 +378,13 @@ async fn handle(
                 key_prefix: &prefix,
                 token: None,
             };
-            return answer(&ctx, &problem::policy_invalid(), None, None, Some(&reason));
+            return raw(answer(
+                &ctx,
+                &problem::policy_invalid(),
+                None,
+                None,
+                Some(&reason),
+            ));
         }
     };
     let gateway = &deployment.gateway;
@@ -343,19 +397,25 @@ async fn handle(
         key_prefix: &policy.key_prefix,
         token: deployment.admin_token.as_deref(),
     };
-    let host = url.host_str().unwrap_or_default().to_ascii_lowercase();
+    let host = url.host.to_ascii_lowercase();
     // Host and port as the URL has them (no port when it is the scheme's default).
-    let authority = match url.port() {
+    let authority = match url.port {
         Some(p) => format!("{host}:{p}"),
         None => host.clone(),
     };
     if raw_path == "/healthz" {
         if method != "GET" && method != "HEAD" {
-            return answer(&ctx, &problem::method_not_allowed("GET, HEAD"), None, None, None);
+            return raw(answer(
+                &ctx,
+                &problem::method_not_allowed("GET, HEAD"),
+                None,
+                None,
+                None,
+            ));
         }
-        return Response::from_json(
+        return raw(Response::from_json(
             &serde_json::json!({"status": "ok", "name": "keygate", "version": crate::VERSION}),
-        );
+        ));
     }
     let cache = cache(policy);
     // An admin hostname serves the admin API and console only (and `/healthz`): nothing else,
@@ -369,13 +429,13 @@ async fn handle(
             .is_none_or(|c| c.matched().first().is_none_or(|s| s != "admin"))
     {
         let p = Problem::from_denial(&Denial::NoRoute, &policy.realm);
-        return answer(
+        return raw(answer(
             &ctx,
             &p,
             None,
             None,
             Some("an admin hostname serves only /admin/*"),
-        );
+        ));
     }
     // The failed-auth limiter's view of the client: its address (an IPv6 /64), when known.
     let client = client_ip.map(crate::limits::client_key);
@@ -386,18 +446,22 @@ async fn handle(
         && let Some((tier, ip)) = guard
         && let Some(retry) = metering::blocked(ip, now())
     {
-        return answer(
+        return raw(answer(
             &ctx,
             &problem::auth_failures_limited(tier, retry),
             None,
             None,
             None,
-        );
+        ));
     }
     match raw_path.as_str() {
-        "/oauth/token" => return tokens::token_endpoint(req, env, &deployment, &ctx, &cache).await,
-        "/.well-known/jwks.json" => return tokens::jwks(&deployment, &ctx),
-        "/v1/keys/verify" => return tokens::verify_endpoint(req, env, &deployment, &ctx, &cache).await,
+        "/oauth/token" => {
+            return raw(tokens::token_endpoint(Request::from(req), env, &deployment, &ctx, &cache).await);
+        }
+        "/.well-known/jwks.json" => return raw(tokens::jwks(&deployment, &ctx)),
+        "/v1/keys/verify" => {
+            return raw(tokens::verify_endpoint(Request::from(req), env, &deployment, &ctx, &cache).await);
+        }
         _ => {}
     }
     // The admin API: `/admin/...` as sent (its handlers validate every segment themselves), or
@@ -414,22 +478,23 @@ async fn handle(
         if !policy.admin.admits(&host, client_ip) {
             // Outside the fence the admin API does not exist: the answer of any unknown path.
             let p = Problem::from_denial(&Denial::NoRoute, &policy.realm);
-            return answer(&ctx, &p, None, None, Some("outside the admin fence"));
+            return raw(answer(&ctx, &p, None, None, Some("outside the admin fence")));
         }
+        let req = Request::from(req);
         if let Some(asset) = crate::console::asset(&admin_path, &method) {
-            return console_asset(&req, env, &ctx, asset).await;
+            return raw(console_asset(&req, url, env, &ctx, asset).await);
         }
-        return admin(req, env, &ctx, &admin_path).await;
+        return raw(admin(req, url.query, env, &ctx, &admin_path).await);
     }
     if !FORWARDABLE.contains(&method.as_str()) {
-        return answer(&ctx, &problem::method_not_implemented(), None, None, None);
+        return raw(answer(&ctx, &problem::method_not_implemented(), None, None, None));
     }
     // The admin token never travels in a gateway path (keys are refused by the decision).
     if let Some(t) = ctx.token
         && crate::key::holds_secret(&raw_path, &policy.key_prefix, Some(t))
     {
         let p = Problem::from_denial(&Denial::KeyInPath, &policy.realm);
-        return answer(&ctx, &p, None, None, None);
+        return raw(answer(&ctx, &p, None, None, None));
     }
 
     let kv = validation_kv(env)?;
@@ -437,23 +502,31 @@ async fn handle(
         store: &kv,
         cache: &cache,
     };
-    let headers = RequestHeaders(req.headers());
     let facts = RequestFacts {
         method: &method,
         path: &raw_path,
-        query: url.query(),
-        headers: &headers,
+        query: url.query,
+        headers: &RequestHeaders(&headers),
         client_ip,
         host: &authority,
-        has_body: has_body(req.headers()),
+        has_body: has_body(&headers),
     };
     // The decision's two pure steps; the one I/O between them is the record lookup (this
     // isolate's cache, then KV), and only for a request that presents a well-formed key.
     let now = now();
     // The revocation feed, at most once per `revocation_poll_ms` per isolate: tokens are
-    // checked against it in the first step, key records in the second.
-    feed::refresh(env, policy.revocation_poll_ms, now).await;
-    let step = feed::with(|f| gateway.start(&facts, now, f));
+    // checked against it in the first step, key records in the second. A request the first
+    // step decides without any credential (a public route, a preflight) never waits for it,
+    // so neither does an isolate's first public request.
+    let start = || feed::with(|f| gateway.start(&facts, now, f));
+    let mut step = start();
+    if !credential_free(&step) && feed::due(policy.revocation_poll_ms, now) {
+        feed::refresh(env, policy.revocation_poll_ms, now).await;
+        if matches!(step, Step::Done(..)) {
+            // A token was decided against the older copy: decide again with the fresh one.
+            step = start();
+        }
+    }
     // An address past the failed-authentication limit gets 429 before any lookup.
     if let Some((tier, ip)) = guard
         && unverified(&step)
@@ -470,7 +543,7 @@ async fn handle(
             None,
             None,
         )?;
-        return with_extra_headers(response, &gateway.cors_headers(&facts));
+        return raw(with_extra_headers(response, &gateway.cors_headers(&facts)));
     }
     // Where the principal's record came from, for `Server-Timing`.
     let mut source = "none";
@@ -514,14 +587,14 @@ async fn handle(
             let key_id = trace.key_id.borrow().as_ref().map(|k| k.to_string());
             let p = Problem::from_denial(&d, &policy.realm);
             let response = answer(&ctx, &p, trace.route.get(), key_id.as_deref(), reason)?;
-            with_extra_headers(response, &cors)
+            raw(with_extra_headers(response, &cors))
         }
         Decision::Preflight(h) => {
             let headers = Headers::new();
             for (k, v) in &h {
                 headers.set(k, v)?;
             }
-            Ok(Response::empty()?.with_status(204).with_headers(headers))
+            raw(Ok(Response::empty()?.with_status(204).with_headers(headers)))
         }
         Decision::Forward(f) => {
             let route = trace.route.get();
@@ -529,26 +602,35 @@ async fn handle(
             if let Some(principal) = &f.principal {
                 match limits_and_credits(env, wctx, &ctx, policy, route, principal, now).await {
                     Ok(headers) => extra.extend(headers),
-                    Err(response) => return with_extra_headers(response?, &extra),
+                    Err(response) => return raw(with_extra_headers(response?, &extra)),
                 }
             }
             let cors = extra;
             let timing = deployment.server_timing.then_some((now, source));
-            let scheme = url.scheme().to_owned();
-            let query = url.query().map(str::to_owned);
             forward(
                 req,
+                &headers,
                 &deployment,
                 &ctx,
                 route,
-                (&scheme, &authority),
-                query.as_deref(),
+                (url.scheme, &authority),
+                url.query,
                 f,
                 &cors,
                 timing,
             )
             .await
         }
+    }
+}
+
+/// The first step forwarded or answered a preflight with no credential involved: nothing in
+/// the revocation feed can change that.
+fn credential_free(step: &Step<'_, '_>) -> bool {
+    match step {
+        Step::Done(Decision::Forward(f), _) => f.principal.is_none(),
+        Step::Done(Decision::Preflight(_), _) => true,
+        _ => false,
     }
 }
 
@@ -647,7 +729,8 @@ async fn limits_and_credits(
 /// keys, and the headers of `crate::forward::outbound_headers`, plus the request id.
 #[allow(clippy::too_many_arguments)]
 async fn forward(
-    req: Request,
+    req: web_sys::Request,
+    incoming: &Headers,
     deployment: &Deployment,
     ctx: &RequestContext<'_>,
     route: Option<usize>,
@@ -656,19 +739,18 @@ async fn forward(
     f: Forward,
     cors: &[(&'static str, String)],
     timing: Option<(Timestamp, &'static str)>,
-) -> worker::Result<Response> {
+) -> worker::Result<web_sys::Response> {
     let policy = &deployment.gateway.policy;
     let query = outbound_query(policy, query, ctx.token);
     let target = deployment
         .target
         .url(scheme, authority, &f.path, query.as_deref());
-    let incoming: Vec<(String, String)> = req.headers().entries().collect();
-    let method = req.method();
-    let bodiless = matches!(method, Method::Get | Method::Head);
+    let incoming: Vec<(String, String)> = incoming.entries().collect();
+    let bodiless = matches!(ctx.method, "GET" | "HEAD");
     // Built header by header from exactly what `outbound_headers` returns: a native copy of the
     // incoming object trimmed by differences was tried, and leaked repeated `Set-Cookie`
     // request headers (listed one by one, unlike other names) and cost quadratic time.
-    let headers = Headers::new();
+    let headers = web_sys::Headers::new()?;
     for (name, value) in outbound_headers(policy, &incoming, &f, ctx.client_ip, bodiless, ctx.token) {
         if !name.eq_ignore_ascii_case("x-request-id") {
             headers.append(&name, &value)?;
@@ -686,24 +768,29 @@ async fn forward(
     // The origin can log the same id as the gateway, and knows the scheme the client used.
     headers.set("X-Request-Id", ctx.request_id)?;
     headers.set("X-Forwarded-Proto", scheme)?;
-    let body = if bodiless {
-        None
-    } else {
-        req.inner().body().map(Into::into)
-    };
-    let mut init = RequestInit::new();
-    init.with_method(method)
-        .with_headers(headers)
-        .with_redirect(RequestRedirect::Manual)
-        .with_body(body);
-    let outbound = Request::new_with_init(&target, &init)?;
+    // The runtime's `fetch` with a plain init object: no `Request` is built, and nothing is
+    // read back from one (workers-rs's `Request::new_with_init` and `Fetch` would read the new
+    // request's method, URL, headers and `cf`, then the response's headers, status, WebSocket
+    // and `cf`).
+    let init = web_sys::RequestInit::new();
+    init.set_method(ctx.method);
+    init.set_headers(&headers);
+    init.set_redirect(web_sys::RequestRedirect::Manual);
+    if !bodiless && let Some(body) = req.body() {
+        init.set_body(&body);
+    }
     let sent = now();
-    let response = match Fetch::Request(outbound).send().await {
+    let global: web_sys::WorkerGlobalScope = worker::js_sys::global().unchecked_into();
+    let fetched =
+        worker::wasm_bindgen_futures::JsFuture::from(global.fetch_with_str_and_init(&target, &init))
+            .await
+            .and_then(|r| r.dyn_into::<web_sys::Response>());
+    let response = match fetched {
         Ok(r) => r,
         Err(e) => {
             let key_id = f.principal.as_ref().map(|p| p.key_id().to_string());
             let origin = target.split('?').next().unwrap_or_default();
-            let reason = format!("fetch {origin} failed: {e}");
+            let reason = format!("fetch {origin} failed: {}", worker::Error::from(e));
             let response = answer(
                 ctx,
                 &problem::origin_unavailable(),
@@ -711,7 +798,7 @@ async fn forward(
                 key_id.as_deref(),
                 Some(&reason),
             )?;
-            return with_extra_headers(response, cors);
+            return raw(with_extra_headers(response, cors));
         }
     };
     let mut extra: Vec<(&'static str, String)> = cors.to_vec();
@@ -724,11 +811,9 @@ async fn forward(
     if let Some((started, source)) = timing {
         extra.push(("Server-Timing", server_timing(started, sent, now(), source)));
     }
-    with_extra_headers(response, &extra)
+    with_extra_headers_raw(response, &extra)
 }
 
-/// Reads at most `MAX_BODY + 1` bytes of a body, however it arrives (chunked included).
-/// `Err` is the problem to answer: 413 over the limit, 400 when the body cannot be read.
 /// KV as the validation path reads it (edge-cached for `KV_CACHE_TTL`).
 fn validation_kv(env: &Env) -> worker::Result<Kv> {
     Ok(Kv {
@@ -789,6 +874,8 @@ fn server_timing(started: Timestamp, sent: Timestamp, done: Timestamp, source: &
     )
 }
 
+/// Reads at most `MAX_BODY + 1` bytes of a body, however it arrives (chunked included).
+/// `Err` is the problem to answer: 413 over the limit, 400 when the body cannot be read.
 async fn bounded_body(req: &mut Request) -> Result<Vec<u8>, Problem> {
     let too_big = || {
         Problem::new(
@@ -833,6 +920,7 @@ async fn bounded_body(req: &mut Request) -> Result<Vec<u8>, Problem> {
 /// admitted the request; every answer carries the console's security headers.
 async fn console_asset(
     req: &Request,
+    url: RequestUrl<'_>,
     env: &Env,
     ctx: &RequestContext<'_>,
     asset: crate::console::Asset<'_>,
@@ -852,17 +940,16 @@ async fn console_asset(
     if let Some(tag) = req.headers().get("if-none-match")? {
         headers.set("If-None-Match", &tag)?;
     }
-    let mut url = req.url()?;
-    url.set_path(file);
-    url.set_query(None);
+    // The file's path on the same origin, without the query.
+    let url = match url.port {
+        Some(port) => format!("{}://{}:{port}{file}", url.scheme, url.host),
+        None => format!("{}://{}{file}", url.scheme, url.host),
+    };
     let mut init = RequestInit::new();
     init.with_method(Method::from(ctx.method.to_owned()))
         .with_headers(headers);
     let fetched = match env.assets("ASSETS") {
-        Ok(assets) => assets
-            .fetch(url.to_string(), Some(init))
-            .await
-            .map_err(|e| e.to_string()),
+        Ok(assets) => assets.fetch(url, Some(init)).await.map_err(|e| e.to_string()),
         Err(e) => Err(format!("no ASSETS binding: {e}")),
     };
     let response = match fetched {
@@ -877,11 +964,11 @@ async fn console_asset(
 /// reduced to plain values once the admin fence has admitted it and its body is within bounds.
 async fn admin(
     mut req: Request,
+    query: Option<&str>,
     env: &Env,
     ctx: &RequestContext<'_>,
     path: &str,
 ) -> worker::Result<Response> {
-    let url = req.url()?;
     let body = match bounded_body(&mut req).await {
         Ok(b) => b,
         Err(p) => {
@@ -893,7 +980,7 @@ async fn admin(
     let envelope = durable::Envelope {
         method: ctx.method.to_owned(),
         path: path.to_owned(),
-        query: url.query().map(str::to_owned),
+        query: query.map(str::to_owned),
         headers: req.headers().entries().collect(),
         body: base64::Engine::encode(&base64::engine::general_purpose::STANDARD, &body),
         client_ip: ctx.client_ip.map(|i| i.to_string()),

@@ -20,6 +20,7 @@ pub mod policy;
 pub mod problem;
 pub mod record;
 pub mod registry;
+pub mod request_url;
 pub mod revocation;
 pub mod scope;
 pub mod store;

@@ -85,12 +85,16 @@ fn cache_key(now: Timestamp) -> String {
     format!("{}?second={}", durable::FEED_URL, now.millis().div_euclid(1000))
 }
 
+/// Whether `poll_ms` has passed since the last refresh (or there was none).
+pub(super) fn due(poll_ms: u32, now: Timestamp) -> bool {
+    LAST_POLL
+        .get()
+        .is_none_or(|last| now.millis().saturating_sub(last) >= i64::from(poll_ms))
+}
+
 /// Refresh the copy if `poll_ms` has passed since the last time.
 pub(super) async fn refresh(env: &Env, poll_ms: u32, now: Timestamp) {
-    let due = LAST_POLL
-        .get()
-        .is_none_or(|last| now.millis().saturating_sub(last) >= i64::from(poll_ms));
-    if !due {
+    if !due(poll_ms, now) {
         return;
     }
     // Set before any await: concurrent requests of this isolate do not ask again meanwhile.

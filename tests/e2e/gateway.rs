@@ -76,6 +76,9 @@ fn healthz_reports_version(c: &Ctx) {
 fn unmatched_path_is_no_route(c: &Ctx) {
     let r = c.call("GET", "/nowhere", &[], None);
     assert_eq!((r.status, r.code().as_str()), (404, "no_route"));
+    // The test-only trap (`KEYGATE_TEST_PANIC`) is an ordinary unknown path without its variable.
+    let r = c.call("GET", "/__keygate/panic", &[], None);
+    assert_eq!((r.status, r.code().as_str()), (404, "no_route"));
     // Method restrictions: DELETE on /keyrings/x/encrypt matches no route.
     let r = c.call("DELETE", "/keyrings/comms/encrypt", &[], None);
     assert_eq!((r.status, r.code().as_str()), (404, "no_route"));

@@ -39,7 +39,57 @@ pub fn trials() -> Vec<Trial> {
             revocation_bound();
             Ok(())
         }),
+        Trial::test(RECOVERY, || {
+            recovers_after_a_wasm_trap();
+            Ok(())
+        }),
     ]
+}
+
+const RECOVERY: &str = "isolates::after_a_wasm_trap_the_next_request_gets_a_fresh_instance";
+
+/// The entry (`scripts/entry.mjs`, replacing worker-build's per-request Proxies) keeps its panic
+/// recovery: a request that aborts the wasm instance (`KEYGATE_TEST_PANIC`) fails, and the
+/// requests after it are served by a re-instantiated module, twice over. Without the variable,
+/// the path is an ordinary unknown path.
+fn recovers_after_a_wasm_trap() {
+    reproduce(RECOVERY);
+    let p = Pair::start_with(crate::shipped_policy_with(json!({})), &["KEYGATE_TEST_PANIC=1"]);
+    let (key, id) = p.issue(&p.a, "before-trap");
+    assert_forwarded(&p.read(&p.a, &key, "before-trap"), "before the trap");
+    for round in 0..2 {
+        let r = send("GET", &format!("{}/__keygate/panic", p.a), &[], None);
+        assert!(
+            r.status >= 500,
+            "round {round}: the trap answered {}: {}",
+            r.status,
+            r.body
+        );
+        let marker = format!("after-trap-{round}");
+        let r = p.read(&p.a, &key, &marker);
+        assert_forwarded(&r, &format!("round {round}: the request after the trap"));
+        assert_eq!(r.json()["headers"]["x-key-id"], id.as_str(), "{}", r.body);
+        let h = send("GET", &format!("{}/healthz", p.a), &[], None);
+        assert_eq!(
+            h.status, 200,
+            "round {round}: /healthz after the trap: {}",
+            h.body
+        );
+        // The admin API (the registry object, re-created after the re-instantiation) works too.
+        let r = p.admin(&p.a, "GET", &format!("/admin/keys/{id}"), None);
+        assert_eq!(
+            r.status, 200,
+            "round {round}: admin read after the trap: {}",
+            r.body
+        );
+    }
+    assert!(
+        p.log().contains("Reinitializing Wasm application"),
+        "the entry did not log a re-instantiation:\n{}",
+        p.log()
+    );
+    // The other service never trapped and still serves.
+    assert_forwarded(&p.read(&p.b, &key, "other-service"), "the other service");
 }
 
 fn registry() -> bool {
