@@ -183,7 +183,9 @@ impl HeaderSource for RequestHeaders<'_> {
 }
 
 fn now() -> Timestamp {
-    Timestamp::from_millis(i64::try_from(worker::Date::now().as_millis()).unwrap_or(i64::MAX))
+    // `Date.now()` itself: workers-rs's `Date::now()` constructs a `Date` object per call.
+    #[allow(clippy::cast_possible_truncation)]
+    Timestamp::from_millis(worker::js_sys::Date::now() as i64)
 }
 
 /// A problem+json response carrying the request id in its body. Anything key-shaped, and the
