@@ -11,7 +11,7 @@ use crate::admin::MAX_BODY;
 use crate::cache::RecordCache;
 use crate::credential::HeaderSource;
 use crate::decide::{Decision, Denial, Forward, Gateway, Known, RequestFacts, Step};
-use crate::forward::{Target, outbound_headers, outbound_query};
+use crate::forward::{Target, outbound_headers, outbound_query, without_own_tokens};
 use crate::ip::ClientIp;
 use crate::key::{KeyHasher, KeyPrefix};
 use crate::log::{self, RequestContext};
@@ -113,8 +113,27 @@ fn cache(policy: &Policy) -> Rc<RefCell<RecordCache>> {
 
 /// Workers KV behind the crate's storage trait.
 struct Kv {
-    inner: worker::kv::KvStore,
+    /// The env the `KEYS` binding is read from, only when a call needs it: workers-rs's
+    /// `KvStore` reads the binding and five of its methods (six `Reflect.get`s) when built.
+    env: Env,
     cache_ttl: Option<u64>,
+}
+
+impl Kv {
+    fn new(env: &Env, cache_ttl: Option<u64>) -> Kv {
+        Kv {
+            env: env.clone(),
+            cache_ttl,
+        }
+    }
+
+    fn store(&self) -> Result<worker::kv::KvStore, StoreError> {
+        self.env.kv(KV_BINDING).map_err(|e| StoreError(e.to_string()))
+    }
+}
+
+fn js_error(e: worker::wasm_bindgen::JsValue) -> StoreError {
+    StoreError(worker::Error::from(e).to_string())
 }
 
 fn kv_error(e: worker::kv::KvError) -> StoreError {
@@ -122,16 +141,35 @@ fn kv_error(e: worker::kv::KvError) -> StoreError {
 }
 
 impl store::KvStore for Kv {
+    /// `KEYS.get(key, {type: "text", cacheTtl})`, called directly: the one KV call of the
+    /// validation path, without workers-rs's `KvStore` (its options go through
+    /// serde-wasm-bindgen).
     async fn get(&self, key: &str) -> Result<Option<String>, StoreError> {
-        let mut q = self.inner.get(key);
+        use worker::js_sys::{Function, Object, Promise, Reflect};
+        use worker::wasm_bindgen::JsValue;
+        let ns = Reflect::get(&self.env, &JsValue::from_str(KV_BINDING)).map_err(js_error)?;
+        let get: Function = Reflect::get(&ns, &JsValue::from_str("get"))
+            .and_then(JsCast::dyn_into)
+            .map_err(js_error)?;
+        let options = Object::new();
+        Reflect::set(&options, &JsValue::from_str("type"), &JsValue::from_str("text")).map_err(js_error)?;
         if let Some(ttl) = self.cache_ttl {
-            q = q.cache_ttl(ttl);
+            #[allow(clippy::cast_precision_loss)]
+            let ttl = JsValue::from_f64(ttl as f64);
+            Reflect::set(&options, &JsValue::from_str("cacheTtl"), &ttl).map_err(js_error)?;
         }
-        q.text().await.map_err(kv_error)
+        let promise: Promise = get
+            .call2(&ns, &JsValue::from_str(key), &options)
+            .and_then(JsCast::dyn_into)
+            .map_err(js_error)?;
+        let value = worker::wasm_bindgen_futures::JsFuture::from(promise)
+            .await
+            .map_err(js_error)?;
+        Ok(value.as_string())
     }
 
     async fn put(&self, key: &str, value: &str) -> Result<(), StoreError> {
-        self.inner
+        self.store()?
             .put(key, value)
             .map_err(kv_error)?
             .execute()
@@ -140,7 +178,7 @@ impl store::KvStore for Kv {
     }
 
     async fn put_expiring(&self, key: &str, value: &str, ttl_seconds: u64) -> Result<(), StoreError> {
-        self.inner
+        self.store()?
             .put(key, value)
             .map_err(kv_error)?
             .expiration_ttl(ttl_seconds.max(60))
@@ -150,12 +188,12 @@ impl store::KvStore for Kv {
     }
 
     async fn delete(&self, key: &str) -> Result<(), StoreError> {
-        self.inner.delete(key).await.map_err(kv_error)
+        self.store()?.delete(key).await.map_err(kv_error)
     }
 
     async fn list(&self, prefix: &str, cursor: Option<&str>, limit: u32) -> Result<ListPage, StoreError> {
         let mut q = self
-            .inner
+            .store()?
             .list()
             .prefix(prefix.to_owned())
             .limit(u64::from(limit));
@@ -743,17 +781,21 @@ async fn forward(
     timing: Option<(Timestamp, &'static str)>,
 ) -> worker::Result<web_sys::Response> {
     let policy = &deployment.gateway.policy;
-    let query = outbound_query(policy, query, ctx.token);
+    let incoming: Vec<(String, String)> = incoming.entries().collect();
+    let bodiless = matches!(ctx.method, "GET" | "HEAD");
+    let (outbound, query) = without_own_tokens(
+        deployment.gateway.tokens.as_ref(),
+        outbound_headers(policy, &incoming, &f, ctx.client_ip, bodiless, ctx.token),
+        outbound_query(policy, query, ctx.token),
+    );
     let target = deployment
         .target
         .url(scheme, authority, &f.path, query.as_deref());
-    let incoming: Vec<(String, String)> = incoming.entries().collect();
-    let bodiless = matches!(ctx.method, "GET" | "HEAD");
     // Built header by header from exactly what `outbound_headers` returns: a native copy of the
     // incoming object trimmed by differences was tried, and leaked repeated `Set-Cookie`
     // request headers (listed one by one, unlike other names) and cost quadratic time.
     let headers = web_sys::Headers::new()?;
-    for (name, value) in outbound_headers(policy, &incoming, &f, ctx.client_ip, bodiless, ctx.token) {
+    for (name, value) in outbound {
         if !name.eq_ignore_ascii_case("x-request-id") {
             headers.append(&name, &value)?;
         }
@@ -803,6 +845,14 @@ async fn forward(
             return raw(with_extra_headers(response, cors));
         }
     };
+    let status = response.status();
+    if status != 101 && !(200..=599).contains(&status) {
+        let key_id = f.principal.as_ref().map(|p| p.key_id().to_string());
+        let reason = format!("the origin answered status {status}");
+        let p = problem::origin_status_unusable(status);
+        let response = answer(ctx, &p, route, key_id.as_deref(), Some(&reason))?;
+        return raw(with_extra_headers(response, cors));
+    }
     let mut extra: Vec<(&'static str, String)> = cors.to_vec();
     if let Some(at) = f.sunset {
         extra.push(("Sunset", at.to_http_date()));
@@ -818,10 +868,7 @@ async fn forward(
 
 /// KV as the validation path reads it (edge-cached for `KV_CACHE_TTL`).
 fn validation_kv(env: &Env) -> worker::Result<Kv> {
-    Ok(Kv {
-        inner: env.kv(KV_BINDING)?,
-        cache_ttl: Some(KV_CACHE_TTL),
-    })
+    Ok(Kv::new(env, Some(KV_CACHE_TTL)))
 }
 
 /// A key's record for the decision's second step: this isolate's cache, then KV; and when the

@@ -24,6 +24,7 @@ use crate::decide::{Forward, HOP_HEADER};
 use crate::ip::ClientIp;
 use crate::key::holds_secret;
 use crate::policy::{Policy, normalize_header_name};
+use crate::token::TokenKeys;
 
 /// Headers that make framework origins change the method, the path, or the URLs they build.
 pub const REWRITE_HEADERS: [&str; 10] = [
@@ -133,6 +134,28 @@ pub fn outbound_query(policy: &Policy, query: Option<&str>, token: Option<&str>)
     (!out.is_empty()).then_some(out)
 }
 
+/// What [`outbound_headers`] and [`outbound_query`] kept, less every header and query
+/// parameter that holds one of the gateway's own tokens ([`TokenKeys::holds_own_token`]).
+pub fn without_own_tokens(
+    keys: Option<&TokenKeys>,
+    headers: Vec<(String, String)>,
+    query: Option<String>,
+) -> (Vec<(String, String)>, Option<String>) {
+    let Some(keys) = keys else {
+        return (headers, query);
+    };
+    let headers = headers
+        .into_iter()
+        .filter(|(name, value)| !keys.holds_own_token(name) && !keys.holds_own_token(value))
+        .collect();
+    let query = query.and_then(|q| {
+        let kept: Vec<&str> = q.split('&').filter(|pair| !keys.holds_own_token(pair)).collect();
+        let out = kept.join("&");
+        (!out.is_empty()).then_some(out)
+    });
+    (headers, query)
+}
+
 fn forwarded_for(ip: ClientIp) -> String {
     match ip.addr() {
         std::net::IpAddr::V4(v4) => format!("for={v4}"),
@@ -204,7 +227,7 @@ pub fn outbound_headers(
 /// (`htm`, `htu`), so an origin can check with the JWKS that a request came through the gateway
 /// and what it was allowed.
 pub fn assertion(
-    keys: &crate::token::TokenKeys,
+    keys: &TokenKeys,
     policy: &Policy,
     principal: &crate::decide::Principal,
     method: &str,
@@ -463,5 +486,38 @@ mod tests {
             Target::RouteMode.url("https", "api.example.com", "/p/x", None),
             "https://api.example.com/p/x"
         );
+    }
+
+    #[test]
+    fn the_gateways_own_tokens_never_leave_and_other_jwts_do() {
+        use base64::Engine;
+        use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+        let seed = |b: u8| URL_SAFE_NO_PAD.encode([b; 32]);
+        let ours = TokenKeys::from_secret(&seed(1)).unwrap();
+        let theirs = TokenKeys::from_secret(&seed(2)).unwrap();
+        let claims = json!({"sub": "k", "scope": "license:read"});
+        let own = ours.sign("at+jwt", &claims).unwrap();
+        let foreign = theirs.sign("at+jwt", &claims).unwrap();
+        let headers = h(&[
+            ("Authorization", &format!("Bearer {own}")),
+            ("X-Api-Key", &own),
+            ("X-Forwarded-Token", &format!("v1;{own};x")),
+            ("X-Other-Idp", &format!("Bearer {foreign}")),
+            ("X-Ok", "eyJ.not.ajwt"),
+        ]);
+        let query = Some(format!("access_token={own}&a=1&id_token={foreign}"));
+        let (out, q) = without_own_tokens(Some(&ours), headers.clone(), query.clone());
+        assert_eq!(names(&out), ["x-other-idp", "x-ok"]);
+        assert_eq!(q, Some(format!("a=1&id_token={foreign}")));
+        // After a signing-key rotation the previous key's tokens are still ours.
+        let rotated = TokenKeys::from_secret(&format!("{},{}", seed(3), seed(1))).unwrap();
+        let (out, _) = without_own_tokens(Some(&rotated), headers.clone(), None);
+        assert_eq!(names(&out), ["x-other-idp", "x-ok"]);
+        // Without signing keys there are no own tokens to find.
+        let (out, q) = without_own_tokens(None, headers, query.clone());
+        assert_eq!(out.len(), 5);
+        assert_eq!(q, query);
+        let (_, q) = without_own_tokens(Some(&ours), Vec::new(), Some(format!("t={own}")));
+        assert_eq!(q, None);
     }
 }

@@ -226,6 +226,19 @@ pub fn origin_unavailable() -> Problem {
     .header("Retry-After", "5")
 }
 
+/// The origin answered, with a status no response can carry on (outside 200-599, 101 aside):
+/// the origin may have acted on the request, so no `Retry-After`.
+pub fn origin_status_unusable(status: u16) -> Problem {
+    Problem::new(
+        502,
+        "origin_unavailable",
+        "Origin unavailable",
+        format!(
+            "The origin answered with status {status}, which cannot be passed on; it may have processed the request."
+        ),
+    )
+}
+
 pub fn internal_error(detail: &str) -> Problem {
     Problem::new(500, "internal_error", "Internal error", detail)
 }

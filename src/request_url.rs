@@ -1,11 +1,18 @@
 //! The parts of a request's URL the gateway reads, split from the runtime's own serialisation.
 //!
-//! The runtime hands the worker `request.url` as a WHATWG-serialised absolute URL: scheme and
-//! host lowercased (an internationalised host already in punycode), the scheme's default port
-//! left out, the path percent-encoded as sent with dot segments resolved, and no fragment. Splitting
-//! that text at its delimiters gives exactly what a full re-parse (the `url` crate, as
-//! `worker::Request::url()` does) would: the tests below check it against `url` for generated
-//! URLs. This saves a parse per request and keeps `url` out of the request path.
+//! On Cloudflare (and under `wrangler dev`) the worker gets `request.url` as a WHATWG-serialised
+//! absolute URL: scheme and host lowercased (an internationalised host in punycode), the
+//! scheme's default port left out, the path percent-encoded as sent with dot segments resolved,
+//! and no fragment. Splitting that text at its delimiters gives exactly what a full re-parse (the
+//! `url` crate, as `worker::Request::url()` does) would: the tests below check it against `url`
+//! for generated URLs. This saves a parse per request and keeps `url` out of the wasm.
+//!
+//! Raw `workerd` (self-hosted, and the benchmark and two-isolate rigs) builds the URL from the
+//! Host header as sent, without that normalisation. Nothing then gets through that would not
+//! have been refused anyway: a host that does not split (a bad port, an open bracket) makes
+//! the request fail (500, not forwarded), and `.`, `..` or `\` segments that reach the path are
+//! refused by `path::canonicalize` (400 `invalid_path`). The gateway and the origin see the
+//! same path either way.
 
 /// Scheme, host, port, path and query of an absolute `scheme://host[:port]/path[?query]` URL.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -205,6 +205,31 @@ impl TokenKeys {
             .unwrap_or_default()
     }
 
+    /// Whether `text` holds, anywhere in it, a JWT whose header names one of our kids: an
+    /// access token (or assertion) this gateway signed. Such a token is a credential for every
+    /// route of its key, so no copy of it is forwarded, whatever header or parameter carries it
+    /// (a public route takes no credential, so none was removed as one). A JWT of anyone else
+    /// passes.
+    pub fn holds_own_token(&self, text: &str) -> bool {
+        if !text.contains("eyJ") {
+            return false;
+        }
+        text.split(|c: char| !(c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.')))
+            .filter(|s| looks_like_jwt(s))
+            .any(|jwt| {
+                let header = jwt
+                    .split('.')
+                    .next()
+                    .and_then(|h| URL_SAFE_NO_PAD.decode(h).ok())
+                    .and_then(|h| serde_json::from_slice::<Value>(&h).ok());
+                header
+                    .as_ref()
+                    .and_then(|h| h.get("kid"))
+                    .and_then(Value::as_str)
+                    .is_some_and(|kid| self.verifying.iter().any(|(k, _)| k == kid))
+            })
+    }
+
     /// RFC 8037 JWKS of every verifying key, the signing key first.
     pub fn jwks(&self) -> Value {
         let keys: Vec<Value> = self

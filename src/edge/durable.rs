@@ -284,10 +284,7 @@ impl Registry {
             return Ok(());
         }
         let registry = registry.clone();
-        let kv = Kv {
-            inner: self.env.kv(KV_BINDING)?,
-            cache_ttl: None,
-        };
+        let kv = Kv::new(&self.env, None);
         let count = self
             .state
             .block_concurrency_while(async move {
@@ -448,17 +445,13 @@ impl Registry {
         if self.flushing.replace(true) {
             return;
         }
-        let kv = match self.env.kv(KV_BINDING) {
-            Ok(inner) => Kv {
-                inner,
-                cache_ttl: None,
-            },
-            Err(e) => {
-                self.flushing.set(false);
-                self.retry_later(&e.to_string()).await;
-                return;
-            }
-        };
+        // A missing binding is retried by the alarm like any failed write.
+        if let Err(e) = self.env.kv(KV_BINDING) {
+            self.flushing.set(false);
+            self.retry_later(&e.to_string()).await;
+            return;
+        }
+        let kv = Kv::new(&self.env, None);
         let mut failure = None;
         // At most FLUSH_ROUNDS batches per invocation (its subrequests are limited); the alarm
         // below takes the rest.

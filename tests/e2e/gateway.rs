@@ -18,6 +18,10 @@ pub const TESTS: &[Test] = &[
         "gateway::public_route_forwards_without_key_and_strips_spoofed_headers",
         public_route_forwards,
     ),
+    (
+        "gateway::origin_status_outside_200_599_is_502",
+        origin_status_outside_http,
+    ),
     ("gateway::missing_key", missing_key),
     ("gateway::malformed_keys", malformed_keys),
     (
@@ -82,6 +86,22 @@ fn unmatched_path_is_no_route(c: &Ctx) {
     // Method restrictions: DELETE on /keyrings/x/encrypt matches no route.
     let r = c.call("DELETE", "/keyrings/comms/encrypt", &[], None);
     assert_eq!((r.status, r.code().as_str()), (404, "no_route"));
+}
+
+/// An origin status no response can carry (outside 200-599) is a 502 that says the origin may
+/// have acted (no `Retry-After`), not a 500 saying nothing was forwarded.
+fn origin_status_outside_http(c: &Ctx) {
+    let r = c.call("GET", "/public/status/600", &[], None);
+    assert_eq!(
+        (r.status, r.code().as_str()),
+        (502, "origin_unavailable"),
+        "{}",
+        r.body
+    );
+    assert!(r.json()["detail"].as_str().unwrap().contains("600"), "{}", r.body);
+    assert_eq!(r.header("retry-after"), None);
+    let r = c.call("GET", "/public/status/599", &[], None);
+    assert_eq!(r.status, 599, "{}", r.body);
 }
 
 fn public_route_forwards(c: &Ctx) {

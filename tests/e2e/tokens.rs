@@ -38,6 +38,10 @@ pub const TESTS: &[Test] = &[
     ("tokens::token_never_outlives_its_key", never_outlives_key),
     ("tokens::tampered_tokens_are_refused", tampered),
     ("tokens::interop_with_jose", interop),
+    (
+        "tokens::own_tokens_never_reach_the_origin_on_public_routes",
+        own_tokens_stay_on_public_routes,
+    ),
 ];
 
 const ACCESS_TYP: &str = "at+jwt";
@@ -1121,4 +1125,41 @@ fn interop(c: &Ctx) {
     let (ok, _, _) = verify_jwt(&other.to_string(), &token, None);
     assert!(!ok, "jose verified the token against another public key");
     let _ = std::fs::remove_file(&file);
+}
+
+/// A public route takes no credential, so none is removed as one; the gateway's own access
+/// tokens are stripped from every header and query parameter anyway (a browser app that sends
+/// its token on every call must not hand it to the origin). Another issuer's JWT passes.
+fn own_tokens_stay_on_public_routes(c: &Ctx) {
+    let (k, id) = key(c, json!({"scopes": ["license:read"]}));
+    let r = token_req(c, &[("Authorization", &basic(&id, &k))], GRANT);
+    let token = token_ok(&r, "token")["access_token"].as_str().unwrap().to_owned();
+    let foreign = "eyJhbGciOiJFUzI1NiIsImtpZCI6Im90aGVyIn0.eyJzdWIiOiJ4In0.c2lnbmF0dXJl";
+    let marker = format!("tok-public-{}", random_hex(4));
+    let r = c.call(
+        "GET",
+        &format!("/public/{marker}?access_token={token}&a=1&id_token={foreign}"),
+        &[
+            ("Authorization", &format!("Bearer {token}")),
+            ("X-API-Key", &token),
+            ("X-Forwarded-Token", &format!("v1;{token}")),
+            ("X-Other-Idp", &format!("Bearer {foreign}")),
+        ],
+        None,
+    );
+    assert_eq!(r.status, 200, "{}", r.body);
+    let got = received_once(c, &marker);
+    assert!(
+        !got.to_string().contains(&token),
+        "the origin received the token: {got}"
+    );
+    assert_eq!(got["query"], format!("a=1&id_token={foreign}"), "{got}");
+    assert_eq!(
+        got["headers"]["x-other-idp"],
+        format!("Bearer {foreign}"),
+        "{got}"
+    );
+    for h in ["authorization", "x-api-key", "x-forwarded-token"] {
+        assert!(got["headers"].get(h).is_none(), "{h} reached the origin: {got}");
+    }
 }
