@@ -1,4 +1,6 @@
-// Replaces worker-build's default entry with a plain module handler, then minifies the bundle.
+// Replaces worker-build's default entry with a plain module handler, schedules
+// wasm-bindgen-futures' microtasks with a native promise instead of the runtime's
+// `queueMicrotask` (below), then minifies the bundle.
 //
 //   node scripts/entry.mjs build/index.js
 //
@@ -63,7 +65,26 @@ const entry = `var shim_default = {
     });
   },
 };`;
-const patched = text.replace(needles[0], entry);
+// wasm-bindgen-futures schedules every task poll (the handler's first, and one after each
+// awaited promise settles) with the global `queueMicrotask`. In workerd that is a runtime API
+// call, about 7% of a forwarded request's CPU (BENCHMARKS.md); `Promise.resolve().then(f)`
+// queues the same microtask natively in V8. One difference: an exception in the callback
+// becomes an unhandled rejection instead of an uncaught error, so the entry listens for
+// `unhandledrejection` too (a wasm trap in a later poll still marks the module for
+// re-instantiation).
+const microtask = /(__wbg_queueMicrotask_[0-9a-f]+: function\(arg0\) \{\s*)queueMicrotask\(arg0\);/g;
+const microtaskCount = (text.match(microtask) || []).length;
+if (microtaskCount !== 1) {
+  console.error(`scripts/entry.mjs: expected exactly one queueMicrotask import in ${file}, found ${microtaskCount}.`);
+  process.exit(1);
+}
+const rejection = `addEventListener("unhandledrejection", (e) => {
+  handleMaybeCritical(e.reason);
+});
+`;
+const patched = text
+  .replace(needles[0], rejection + entry)
+  .replace(microtask, "$1Promise.resolve().then(arg0);");
 const tmp = `${file}.entry.js`;
 writeFileSync(tmp, patched);
 // Transform only (no bundling): the module's imports stay as they are.
