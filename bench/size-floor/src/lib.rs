@@ -23,7 +23,9 @@ async fn fetch(req: web_sys::Request, env: Env, _ctx: Context) -> worker::Result
         let bytes = base64::Engine::decode(&base64::engine::general_purpose::URL_SAFE_NO_PAD, token)
             .unwrap_or_default();
         let key = ed25519_dalek::VerifyingKey::from_bytes(&[7u8; 32]).ok();
-        let sig = bytes.get(..64).and_then(|s| ed25519_dalek::Signature::from_slice(s).ok());
+        let sig = bytes
+            .get(..64)
+            .and_then(|s| ed25519_dalek::Signature::from_slice(s).ok());
         let ok = match (key, sig) {
             (Some(k), Some(s)) => k.verify_strict(bytes.get(64..).unwrap_or_default(), &s).is_ok(),
             _ => false,
@@ -42,7 +44,9 @@ async fn fetch(req: web_sys::Request, env: Env, _ctx: Context) -> worker::Result
         Ok(r) => r,
         Err(_) => return Ok(Response::error("corrupt", 500)?.into()),
     };
-    if record.disabled || record.expires_at.is_some() || record.hash != digest
+    if record.disabled
+        || record.expires_at.is_some()
+        || record.hash != digest
         || !record.scopes.iter().any(|s| s == "read")
     {
         return Ok(Response::error("forbidden", 403)?.into());
@@ -53,6 +57,7 @@ async fn fetch(req: web_sys::Request, env: Env, _ctx: Context) -> worker::Result
     init.set_method(&req.method());
     init.set_headers(&out);
     let global: web_sys::WorkerGlobalScope = worker::js_sys::global().unchecked_into();
-    let r = worker::wasm_bindgen_futures::JsFuture::from(global.fetch_with_str_and_init(&req.url(), &init)).await?;
+    let r = worker::wasm_bindgen_futures::JsFuture::from(global.fetch_with_str_and_init(&req.url(), &init))
+        .await?;
     Ok(r.unchecked_into())
 }
