@@ -356,12 +356,11 @@ impl Gateway {
             return Err(Denial::MisdirectedRequest);
         }
         let canonical = path::canonicalize(req.path, policy.path_rules).map_err(|_| Denial::InvalidPath)?;
-        // A key never travels in a URL path: refused before it could reach the origin or a log.
-        if canonical
-            .segments
-            .iter()
-            .any(|s| holds_key(s, &policy.key_prefix))
-        {
+        // A key (or one of this gateway's tokens) never travels in a URL path: refused before it
+        // could reach the origin or a log.
+        if canonical.segments.iter().any(|s| {
+            holds_key(s, &policy.key_prefix) || self.tokens.as_ref().is_some_and(|t| t.holds_own_token(s))
+        }) {
             return Err(Denial::KeyInPath);
         }
         if req.has_body && (req.method == "GET" || req.method == "HEAD") {

@@ -297,7 +297,7 @@ fn with_extra_headers_raw(
         return Ok(response);
     }
     // A WebSocket upgrade's response can only be rebuilt with its socket: workers-rs's
-    // conversion carries it.
+    // conversion carries it (`forward` lets a 101 through only with one).
     if response.status() == 101 {
         return with_extra_headers(Response::from(response), extra).map(Into::into);
     }
@@ -846,7 +846,12 @@ async fn forward(
         }
     };
     let status = response.status();
-    if status != 101 && !(200..=599).contains(&status) {
+    // A 101 can be passed on only with its WebSocket; without one (an origin answering 101 to
+    // a plain request) the runtime cannot build the response at all.
+    let websocket = status == 101
+        && worker::js_sys::Reflect::get(&response, &"webSocket".into())
+            .is_ok_and(|w| !w.is_null() && !w.is_undefined());
+    if !websocket && !(200..=599).contains(&status) {
         let key_id = f.principal.as_ref().map(|p| p.key_id().to_string());
         let reason = format!("the origin answered status {status}");
         let p = problem::origin_status_unusable(status);

@@ -146,10 +146,31 @@ pub fn without_own_tokens(
     };
     let headers = headers
         .into_iter()
-        .filter(|(name, value)| !keys.holds_own_token(name) && !keys.holds_own_token(value))
+        .filter_map(|(name, value)| {
+            if keys.holds_own_token(&name) {
+                return None;
+            }
+            // A cookie list loses only the cookies that hold a token (the origin's session
+            // cookie beside a token cookie stays).
+            if name.eq_ignore_ascii_case("cookie") {
+                let kept: Vec<&str> = value
+                    .split(';')
+                    .map(str::trim)
+                    .filter(|c| !c.is_empty() && !keys.holds_own_token(c))
+                    .collect();
+                return (!kept.is_empty()).then(|| (name.clone(), kept.join("; ")));
+            }
+            (!keys.holds_own_token(&value)).then_some((name, value))
+        })
         .collect();
     let query = query.and_then(|q| {
-        let kept: Vec<&str> = q.split('&').filter(|pair| !keys.holds_own_token(pair)).collect();
+        let kept: Vec<&str> = q
+            .split('&')
+            .filter(|pair| {
+                let (name, value) = pair.split_once('=').unwrap_or((pair, ""));
+                !keys.holds_own_token(name) && !keys.holds_own_token(value) && !keys.holds_own_token(pair)
+            })
+            .collect();
         let out = kept.join("&");
         (!out.is_empty()).then_some(out)
     });
@@ -519,5 +540,40 @@ mod tests {
         assert_eq!(q, query);
         let (_, q) = without_own_tokens(Some(&ours), Vec::new(), Some(format!("t={own}")));
         assert_eq!(q, None);
+
+        // Disguised copies: percent-encoded, inside Basic credentials, base64-wrapped, glued to
+        // other text, padded, cut short or split over repeated headers, or with full-width dots.
+        let (head, rest) = own.split_once('.').unwrap();
+        let pct: String = own.chars().map(|c| format!("%{:02X}", c as u32)).collect();
+        let disguised = [
+            own.replace('.', "%2E"),
+            pct.clone(),
+            pct.replace('%', "%25"),
+            format!("Basic {}", STANDARD.encode(format!("user:{own}"))),
+            STANDARD.encode(&own),
+            URL_SAFE_NO_PAD.encode(format!("x{own}")),
+            format!("{own}."),
+            format!(".{own}"),
+            format!("tok_{own}"),
+            format!("v1-{own}"),
+            format!("{head}=.{rest}"),
+            head.to_owned(),
+            format!("{head}.{}", rest.split('.').next().unwrap()),
+            own.replace('.', "\u{3002}"),
+        ];
+        for d in &disguised {
+            let (out, q) = without_own_tokens(Some(&ours), h(&[("X-T", d)]), Some(format!("a=1&t={d}")));
+            assert!(out.is_empty(), "{d} reached the origin in a header");
+            assert_eq!(q.as_deref(), Some("a=1"), "{d} reached the origin in the query");
+        }
+        // A cookie list loses the token cookie only.
+        let (out, _) = without_own_tokens(
+            Some(&ours),
+            h(&[("Cookie", &format!("session=abc; at={own}; theme=dark"))]),
+            None,
+        );
+        assert_eq!(out, h(&[("Cookie", "session=abc; theme=dark")]));
+        let (out, _) = without_own_tokens(Some(&ours), h(&[("Cookie", &format!("at={own}"))]), None);
+        assert!(out.is_empty());
     }
 }

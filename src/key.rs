@@ -301,8 +301,16 @@ fn lenient_decode(s: &str) -> String {
 /// inside HTTP Basic credentials?
 pub fn holds_secret(text: &str, prefix: &KeyPrefix, token: Option<&str>) -> bool {
     let token = token.filter(|t| !t.is_empty());
-    let found = |s: &str| contains_key_like(s, prefix) || token.is_some_and(|t| s.contains(t));
-    // `Basic base64(user:password)`: a key sent as a username or password.
+    holds_matching(text, |s| {
+        contains_key_like(s, prefix) || token.is_some_and(|t| s.contains(t))
+    })
+}
+
+/// Whether `found` holds for `text` as sent, after any number of lenient percent-decodings (with
+/// `+` as a space), or for the credentials of an HTTP `Basic` value: the decodings an origin
+/// might apply before it reads a secret out of a header or parameter.
+pub fn holds_matching(text: &str, found: impl Fn(&str) -> bool) -> bool {
+    // `Basic base64(user:password)`: a secret sent as a username or password.
     if let Some((scheme, rest)) = text.trim().split_once(' ')
         && scheme.eq_ignore_ascii_case("basic")
         && let Ok(decoded) = STANDARD.decode(rest.trim())

@@ -226,7 +226,8 @@ pub fn origin_unavailable() -> Problem {
     .header("Retry-After", "5")
 }
 
-/// The origin answered, with a status no response can carry on (outside 200-599, 101 aside):
+/// The origin answered, with a status no response can carry on (outside 200-599, or a 101
+/// without a WebSocket):
 /// the origin may have acted on the request, so no `Retry-After`.
 pub fn origin_status_unusable(status: u16) -> Problem {
     Problem::new(

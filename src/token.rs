@@ -91,6 +91,9 @@ pub struct TokenKeys {
     /// the Ed25519 check (its claims, their times and the revocation feed are still checked on
     /// every request). Bounded by [`VERIFIED_CAPACITY`].
     verified: std::rc::Rc<std::cell::RefCell<std::collections::HashMap<[u8; 32], AccessClaims>>>,
+    /// The header segment of every token these keys sign or accept (each kid, each `typ`): the
+    /// same text for all of them, since `sign` writes exactly `alg`, `typ` and `kid`.
+    own_headers: Vec<String>,
 }
 
 /// Verified access tokens one isolate remembers, at most.
@@ -104,6 +107,24 @@ impl fmt::Debug for TokenKeys {
             .field("verifying_kids", &kids)
             .finish()
     }
+}
+
+/// The shortest base64 text worth decoding in [`TokenKeys::holds_own_token`]: the base64 of a
+/// header segment (about 90 characters) is longer.
+const MIN_WRAPPED: usize = 64;
+
+const INDIFFERENT: base64::engine::GeneralPurposeConfig = base64::engine::GeneralPurposeConfig::new()
+    .with_decode_padding_mode(base64::engine::DecodePaddingMode::Indifferent)
+    .with_decode_allow_trailing_bits(true);
+const STANDARD_INDIFFERENT: base64::engine::GeneralPurpose =
+    base64::engine::GeneralPurpose::new(&base64::alphabet::STANDARD, INDIFFERENT);
+const URL_SAFE_INDIFFERENT: base64::engine::GeneralPurpose =
+    base64::engine::GeneralPurpose::new(&base64::alphabet::URL_SAFE, INDIFFERENT);
+
+/// The base64url header segment `sign` writes for `typ` and `kid`.
+fn header_segment(typ: &str, kid: &str) -> String {
+    let header = Header { alg: ALG, typ, kid };
+    URL_SAFE_NO_PAD.encode(serde_json::to_vec(&header).unwrap_or_default())
 }
 
 /// `kid` of a public key: base64url (no padding) of the first 12 bytes of its SHA-256.
@@ -176,11 +197,16 @@ impl TokenKeys {
                 signing = Some(key);
             }
         }
+        let own_headers = verifying
+            .iter()
+            .flat_map(|(kid, _)| [ACCESS_TYP, ASSERTION_TYP].map(|typ| header_segment(typ, kid)))
+            .collect();
         match signing {
             Some(signing) => Ok(TokenKeys {
                 signing,
                 verifying,
                 verified: Default::default(),
+                own_headers,
             }),
             None => Err("token signing secret: no seed".to_owned()),
         }
@@ -205,29 +231,28 @@ impl TokenKeys {
             .unwrap_or_default()
     }
 
-    /// Whether `text` holds, anywhere in it, a JWT whose header names one of our kids: an
-    /// access token (or assertion) this gateway signed. Such a token is a credential for every
-    /// route of its key, so no copy of it is forwarded, whatever header or parameter carries it
-    /// (a public route takes no credential, so none was removed as one). A JWT of anyone else
-    /// passes.
+    /// Whether `text` holds one of the tokens these keys sign or accept (an access token or an
+    /// assertion, current kid or previous): its header segment anywhere in `text`, as sent,
+    /// after percent-decodings, inside `Basic` credentials, or with `text` itself base64. Such
+    /// a token is a credential for every route of its key, so no copy of it is forwarded in
+    /// any header, parameter or path (a public route takes no credential, so none was removed
+    /// as one). Matching the header segment alone also catches a token cut short, padded,
+    /// split over repeated headers or glued to other text. Another issuer's JWT passes.
     pub fn holds_own_token(&self, text: &str) -> bool {
-        if !text.contains("eyJ") {
-            return false;
+        let found = |s: &str| self.own_headers.iter().any(|h| s.contains(h.as_str()));
+        if crate::key::holds_matching(text, found) {
+            return true;
         }
-        text.split(|c: char| !(c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.')))
-            .filter(|s| looks_like_jwt(s))
-            .any(|jwt| {
-                let header = jwt
-                    .split('.')
-                    .next()
-                    .and_then(|h| URL_SAFE_NO_PAD.decode(h).ok())
-                    .and_then(|h| serde_json::from_slice::<Value>(&h).ok());
-                header
-                    .as_ref()
-                    .and_then(|h| h.get("kid"))
-                    .and_then(Value::as_str)
-                    .is_some_and(|kid| self.verifying.iter().any(|(k, _)| k == kid))
-            })
+        // The whole value base64 (standard or URL-safe, padded or not), as a client might wrap
+        // a token in a header of its own.
+        let t = text.trim();
+        t.len() >= MIN_WRAPPED
+            && t.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'+' | b'/' | b'-' | b'_' | b'='))
+            && [&STANDARD_INDIFFERENT, &URL_SAFE_INDIFFERENT]
+                .iter()
+                .filter_map(|e| e.decode(t).ok())
+                .any(|d| found(&String::from_utf8_lossy(&d)))
     }
 
     /// RFC 8037 JWKS of every verifying key, the signing key first.
@@ -978,5 +1003,23 @@ mod tests {
         ] {
             assert!(!looks_like_jwt(junk), "{junk:?}");
         }
+    }
+
+    #[test]
+    fn own_tokens_are_found_by_their_header_segment_and_no_other_jwt_is() {
+        let k = keys();
+        for typ in [ACCESS_TYP, ASSERTION_TYP] {
+            let token = k.sign(typ, &claims()).unwrap();
+            assert!(k.holds_own_token(&token), "{typ}");
+            assert!(k.holds_own_token(&format!("Bearer {token}")), "{typ}");
+        }
+        // The previous key of a rotation still counts; a stranger's key does not.
+        let old = TokenKeys::from_secret(&secret(&SEED_B)).unwrap();
+        let rotated = TokenKeys::from_secret(&format!("{},{}", secret(&SEED_A), secret(&SEED_B))).unwrap();
+        let old_token = old.sign(ACCESS_TYP, &claims()).unwrap();
+        assert!(rotated.holds_own_token(&old_token));
+        assert!(!k.holds_own_token(&old_token));
+        assert!(!k.holds_own_token("eyJhbGciOiJFZERTQSJ9.e30.c2ln"));
+        assert!(!k.holds_own_token("an ordinary header value"));
     }
 }

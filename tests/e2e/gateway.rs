@@ -102,6 +102,20 @@ fn origin_status_outside_http(c: &Ctx) {
     assert_eq!(r.header("retry-after"), None);
     let r = c.call("GET", "/public/status/599", &[], None);
     assert_eq!(r.status, 599, "{}", r.body);
+    // A 101 without a WebSocket (to a plain request) cannot be passed on either; it once made
+    // workers-rs panic and the isolate restart.
+    let r = c.call("GET", "/public/status/101", &[], None);
+    assert_eq!(
+        (r.status, r.code().as_str()),
+        (502, "origin_unavailable"),
+        "{}",
+        r.body
+    );
+    assert!(r.json()["detail"].as_str().unwrap().contains("101"), "{}", r.body);
+    assert!(
+        !c.main.log().contains("Reinitializing Wasm application"),
+        "the worker re-instantiated its wasm"
+    );
 }
 
 fn public_route_forwards(c: &Ctx) {

@@ -1162,4 +1162,30 @@ fn own_tokens_stay_on_public_routes(c: &Ctx) {
     for h in ["authorization", "x-api-key", "x-forwarded-token"] {
         assert!(got["headers"].get(h).is_none(), "{h} reached the origin: {got}");
     }
+    // Disguised copies go too, and a cookie list keeps its other cookies.
+    let marker = format!("tok-disguised-{}", random_hex(4));
+    let basic = format!("Basic {}", STANDARD.encode(format!("user:{token}")));
+    let r = c.call(
+        "GET",
+        &format!("/public/{marker}?t={}&b=2", token.replace('.', "%2E")),
+        &[
+            ("Authorization", &basic),
+            ("X-Glued", &format!("tok_{token}.")),
+            ("X-Wrapped", &STANDARD.encode(&token)),
+            ("Cookie", &format!("session=abc; at={token}; theme=dark")),
+        ],
+        None,
+    );
+    assert_eq!(r.status, 200, "{}", r.body);
+    let got = received_once(c, &marker);
+    let sig = token.rsplit('.').next().unwrap();
+    assert!(
+        !got.to_string().contains(sig),
+        "a disguised token reached the origin: {got}"
+    );
+    assert_eq!(got["query"], "b=2", "{got}");
+    assert_eq!(got["headers"]["cookie"], "session=abc; theme=dark", "{got}");
+    // In a path it is refused outright, as a key is.
+    let r = c.call("GET", &format!("/public/{token}"), &[], None);
+    assert_eq!((r.status, r.code().as_str()), (400, "key_in_path"), "{}", r.body);
 }
