@@ -11,7 +11,7 @@ use crate::admin::MAX_BODY;
 use crate::cache::RecordCache;
 use crate::credential::HeaderSource;
 use crate::decide::{Decision, Denial, Forward, Gateway, Known, RequestFacts, Step};
-use crate::forward::{Target, outbound_headers, outbound_query, without_own_tokens};
+use crate::forward::{Secrets, Target, outbound_headers, outbound_query};
 use crate::ip::ClientIp;
 use crate::key::{KeyHasher, KeyPrefix};
 use crate::log::{self, RequestContext};
@@ -522,7 +522,7 @@ async fn handle(
         }
         let req = Request::from(req);
         if let Some(asset) = crate::console::asset(&admin_path, &method) {
-            return raw(console_asset(&req, url, env, &ctx, asset).await);
+            return raw(console_asset(&req, (url.scheme, &authority), env, &ctx, asset).await);
         }
         return raw(admin(req, url.query, env, &ctx, &admin_path).await);
     }
@@ -702,8 +702,9 @@ async fn limits_and_credits(
     let key = principal.key_id();
     let key_str = key.to_string();
     let matched = route.and_then(|i| policy.routes.get(i));
-    let deny = |p: Problem, code: &str, reason: Option<&str>| {
-        metering::count(key, now, code);
+    // Counted in the key's usage under the problem's own code.
+    let deny = |p: Problem, reason: Option<&str>| {
+        metering::count(key, now, p.code);
         Err(answer(ctx, &p, route, Some(&key_str), reason))
     };
     let fail_closed = policy.limits.on_error == FailMode::FailClosed;
@@ -715,11 +716,10 @@ async fn limits_and_credits(
         TierChoice::None => {}
         TierChoice::Tier(tier) => match metering::limit(env, tier, &key_str, now).await {
             Limited::Under => headers.push(("RateLimit-Policy", tier.policy_header())),
-            Limited::Over => return deny(problem::rate_limited(tier), "rate_limited", None),
+            Limited::Over => return deny(problem::rate_limited(tier), None),
             Limited::Failed if fail_closed => {
                 return deny(
                     problem::limiter_unavailable(),
-                    "limiter_unavailable",
                     Some("the rate limiter failed (on_error = fail_closed)"),
                 );
             }
@@ -728,7 +728,6 @@ async fn limits_and_credits(
         TierChoice::Unknown if fail_closed => {
             return deny(
                 problem::limiter_unavailable(),
-                "limiter_unavailable",
                 Some("the key names a rate tier the policy does not declare"),
             );
         }
@@ -739,7 +738,7 @@ async fn limits_and_credits(
         match metering::spend(env, wctx, key, cost, now).await {
             Spend::Spent => {}
             Spend::Exhausted(retry) => {
-                return deny(problem::credits_exhausted(cost, retry), "credits_exhausted", None);
+                return deny(problem::credits_exhausted(cost, retry), None);
             }
             Spend::NoKey => {
                 let p = Problem::from_denial(&Denial::InvalidKey, &policy.realm);
@@ -753,11 +752,7 @@ async fn limits_and_credits(
             }
             Spend::Unavailable(reason) => {
                 let reason = format!("the registry is unreachable for credits: {reason}");
-                return deny(
-                    problem::credits_unavailable(),
-                    "credits_unavailable",
-                    Some(&reason),
-                );
+                return deny(problem::credits_unavailable(), Some(&reason));
             }
         }
     }
@@ -783,11 +778,12 @@ async fn forward(
     let policy = &deployment.gateway.policy;
     let incoming: Vec<(String, String)> = incoming.entries().collect();
     let bodiless = matches!(ctx.method, "GET" | "HEAD");
-    let (outbound, query) = without_own_tokens(
-        deployment.gateway.tokens.as_ref(),
-        outbound_headers(policy, &incoming, &f, ctx.client_ip, bodiless, ctx.token),
-        outbound_query(policy, query, ctx.token),
-    );
+    let secrets = Secrets {
+        admin_token: ctx.token,
+        tokens: deployment.gateway.tokens.as_ref(),
+    };
+    let outbound = outbound_headers(policy, &incoming, &f, ctx.client_ip, bodiless, secrets);
+    let query = outbound_query(policy, query, secrets);
     let target = deployment
         .target
         .url(scheme, authority, &f.path, query.as_deref());
@@ -823,6 +819,12 @@ async fn forward(
     if !bodiless && let Some(body) = req.body() {
         init.set_body(&body);
     }
+    // The origin was not reached, or its answer cannot be passed on: a problem, with CORS.
+    let fail = |p: Problem, reason: String| {
+        let key_id = f.principal.as_ref().map(|p| p.key_id().to_string());
+        let response = answer(ctx, &p, route, key_id.as_deref(), Some(&reason))?;
+        raw(with_extra_headers(response, cors))
+    };
     let sent = now();
     let global: web_sys::WorkerGlobalScope = worker::js_sys::global().unchecked_into();
     let fetched =
@@ -832,17 +834,9 @@ async fn forward(
     let response = match fetched {
         Ok(r) => r,
         Err(e) => {
-            let key_id = f.principal.as_ref().map(|p| p.key_id().to_string());
             let origin = target.split('?').next().unwrap_or_default();
             let reason = format!("fetch {origin} failed: {}", worker::Error::from(e));
-            let response = answer(
-                ctx,
-                &problem::origin_unavailable(),
-                route,
-                key_id.as_deref(),
-                Some(&reason),
-            )?;
-            return raw(with_extra_headers(response, cors));
+            return fail(problem::origin_unavailable(), reason);
         }
     };
     let status = response.status();
@@ -852,11 +846,8 @@ async fn forward(
         && worker::js_sys::Reflect::get(&response, &"webSocket".into())
             .is_ok_and(|w| !w.is_null() && !w.is_undefined());
     if !websocket && !(200..=599).contains(&status) {
-        let key_id = f.principal.as_ref().map(|p| p.key_id().to_string());
         let reason = format!("the origin answered status {status}");
-        let p = problem::origin_status_unusable(status);
-        let response = answer(ctx, &p, route, key_id.as_deref(), Some(&reason))?;
-        return raw(with_extra_headers(response, cors));
+        return fail(problem::origin_status_unusable(status), reason);
     }
     let mut extra: Vec<(&'static str, String)> = cors.to_vec();
     if let Some(at) = f.sunset {
@@ -974,7 +965,7 @@ async fn bounded_body(req: &mut Request) -> Result<Vec<u8>, Problem> {
 /// admitted the request; every answer carries the console's security headers.
 async fn console_asset(
     req: &Request,
-    url: RequestUrl<'_>,
+    (scheme, authority): (&str, &str),
     env: &Env,
     ctx: &RequestContext<'_>,
     asset: crate::console::Asset<'_>,
@@ -995,10 +986,7 @@ async fn console_asset(
         headers.set("If-None-Match", &tag)?;
     }
     // The file's path on the same origin, without the query.
-    let url = match url.port {
-        Some(port) => format!("{}://{}:{port}{file}", url.scheme, url.host),
-        None => format!("{}://{}{file}", url.scheme, url.host),
-    };
+    let url = format!("{scheme}://{authority}{file}");
     let mut init = RequestInit::new();
     init.with_method(Method::from(ctx.method.to_owned()))
         .with_headers(headers);

@@ -116,65 +116,42 @@ impl Target {
     }
 }
 
+/// What must never reach the origin besides keys (which are always looked for): the admin
+/// token, and the tokens the gateway signs.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Secrets<'a> {
+    pub admin_token: Option<&'a str>,
+    pub tokens: Option<&'a TokenKeys>,
+}
+
+impl Secrets<'_> {
+    /// Whether `text` holds one of the gateway's own tokens ([`TokenKeys::holds_own_token`]).
+    fn token_in(&self, text: &str) -> bool {
+        self.tokens.is_some_and(|t| t.holds_own_token(text))
+    }
+}
+
 /// The query string the origin receives: without the credential parameter (when the policy
-/// reads keys from the query) and without any parameter whose name or value holds a key-shaped
-/// string, in any encoding.
-pub fn outbound_query(policy: &Policy, query: Option<&str>, token: Option<&str>) -> Option<String> {
+/// reads keys from the query), without any parameter whose name or value holds a key-shaped
+/// string or the admin token, in any encoding, and without any that holds one of the
+/// gateway's own tokens.
+pub fn outbound_query(policy: &Policy, query: Option<&str>, secrets: Secrets<'_>) -> Option<String> {
     let q = query?;
     let param = policy.credentials.query_param.as_deref();
     let prefix = &policy.key_prefix;
     let kept: Vec<&str> = q
         .split('&')
         .filter(|pair| {
-            let name = pair.split_once('=').map_or(*pair, |(k, _)| k);
-            Some(name) != param && !holds_secret(pair, prefix, token)
+            let (name, value) = pair.split_once('=').unwrap_or((pair, ""));
+            Some(name) != param
+                && !holds_secret(pair, prefix, secrets.admin_token)
+                && !secrets.token_in(name)
+                && !secrets.token_in(value)
+                && !secrets.token_in(pair)
         })
         .collect();
     let out = kept.join("&");
     (!out.is_empty()).then_some(out)
-}
-
-/// What [`outbound_headers`] and [`outbound_query`] kept, less every header and query
-/// parameter that holds one of the gateway's own tokens ([`TokenKeys::holds_own_token`]).
-pub fn without_own_tokens(
-    keys: Option<&TokenKeys>,
-    headers: Vec<(String, String)>,
-    query: Option<String>,
-) -> (Vec<(String, String)>, Option<String>) {
-    let Some(keys) = keys else {
-        return (headers, query);
-    };
-    let headers = headers
-        .into_iter()
-        .filter_map(|(name, value)| {
-            if keys.holds_own_token(&name) {
-                return None;
-            }
-            // A cookie list loses only the cookies that hold a token (the origin's session
-            // cookie beside a token cookie stays).
-            if name.eq_ignore_ascii_case("cookie") {
-                let kept: Vec<&str> = value
-                    .split(';')
-                    .map(str::trim)
-                    .filter(|c| !c.is_empty() && !keys.holds_own_token(c))
-                    .collect();
-                return (!kept.is_empty()).then(|| (name.clone(), kept.join("; ")));
-            }
-            (!keys.holds_own_token(&value)).then_some((name, value))
-        })
-        .collect();
-    let query = query.and_then(|q| {
-        let kept: Vec<&str> = q
-            .split('&')
-            .filter(|pair| {
-                let (name, value) = pair.split_once('=').unwrap_or((pair, ""));
-                !keys.holds_own_token(name) && !keys.holds_own_token(value) && !keys.holds_own_token(pair)
-            })
-            .collect();
-        let out = kept.join("&");
-        (!out.is_empty()).then_some(out)
-    });
-    (headers, query)
 }
 
 fn forwarded_for(ip: ClientIp) -> String {
@@ -191,7 +168,7 @@ pub fn outbound_headers(
     fwd: &Forward,
     client_ip: Option<ClientIp>,
     bodiless: bool,
-    token: Option<&str>,
+    secrets: Secrets<'_>,
 ) -> Vec<(String, String)> {
     let creds = &policy.credentials;
     let keep_addresses = policy.forwarding.keep_client_address_headers;
@@ -212,9 +189,25 @@ pub fn outbound_headers(
             || (!keep_addresses && CLIENT_ADDRESS_HEADERS.contains(&norm.as_str()))
             || (fwd.credential.in_bearer_header && norm == creds.bearer_header)
             || (fwd.credential.in_api_key_header && norm == creds.api_key_header)
-            || holds_secret(name, &policy.key_prefix, token)
-            || holds_secret(value, &policy.key_prefix, token);
-        if !drop {
+            || holds_secret(name, &policy.key_prefix, secrets.admin_token)
+            || holds_secret(value, &policy.key_prefix, secrets.admin_token)
+            || secrets.token_in(name);
+        if drop {
+            continue;
+        }
+        // A cookie list loses only the cookies that hold one of the gateway's tokens (the
+        // origin's session cookie beside a token cookie stays); any other header holding one
+        // goes whole.
+        if norm == "cookie" && secrets.tokens.is_some() {
+            let kept: Vec<&str> = value
+                .split(';')
+                .map(str::trim)
+                .filter(|c| !c.is_empty() && !secrets.token_in(c))
+                .collect();
+            if !kept.is_empty() {
+                out.push((name.clone(), kept.join("; ")));
+            }
+        } else if !secrets.token_in(value) {
             out.push((name.clone(), value.clone()));
         }
     }
@@ -344,7 +337,7 @@ mod tests {
             ("Accept", "text/plain"),
         ]);
         let ip = ClientIp::parse("203.0.113.9");
-        let out = outbound_headers(&p, &incoming, &public_forward(), ip, false, None);
+        let out = outbound_headers(&p, &incoming, &public_forward(), ip, false, Secrets::default());
         assert_eq!(
             out,
             h(&[
@@ -357,7 +350,7 @@ mod tests {
             ])
         );
         // No address: no address headers at all.
-        let out = outbound_headers(&p, &incoming, &public_forward(), None, false, None);
+        let out = outbound_headers(&p, &incoming, &public_forward(), None, false, Secrets::default());
         assert_eq!(names(&out), ["accept", "keygate-hop"]);
         let v6 = outbound_headers(
             &p,
@@ -365,7 +358,7 @@ mod tests {
             &public_forward(),
             ClientIp::parse("2001:db8::1"),
             false,
-            None,
+            Secrets::default(),
         );
         assert!(v6.contains(&("Forwarded".into(), "for=\"[2001:db8::1]\"".into())));
     }
@@ -386,7 +379,7 @@ mod tests {
             &public_forward(),
             ClientIp::parse("203.0.113.9"),
             false,
-            None,
+            Secrets::default(),
         );
         assert_eq!(
             out,
@@ -408,7 +401,7 @@ mod tests {
             ("Cookie", &format!("session=1; k={}", KEY.to_uppercase())),
             ("Authorization", "Basic Zm9vOmJhcg=="),
         ]);
-        let out = outbound_headers(&p, &incoming, &public_forward(), None, false, None);
+        let out = outbound_headers(&p, &incoming, &public_forward(), None, false, Secrets::default());
         assert_eq!(
             out,
             h(&[
@@ -420,11 +413,14 @@ mod tests {
             outbound_query(
                 &p,
                 Some(&format!("a=1&token={KEY}&b=2&c={}", KEY.replace('_', "%5F"))),
-                None
+                Secrets::default()
             ),
             Some("a=1&b=2".into())
         );
-        assert_eq!(outbound_query(&p, Some(&format!("t={KEY}")), None), None);
+        assert_eq!(
+            outbound_query(&p, Some(&format!("t={KEY}")), Secrets::default()),
+            None
+        );
         let enc = KEY.replace('_', "%5F");
         for q in [
             format!("t={enc}%zz"),
@@ -433,19 +429,26 @@ mod tests {
             format!("{enc}%zz=1"),
         ] {
             assert_eq!(
-                outbound_query(&p, Some(&format!("a=1&{q}")), None),
+                outbound_query(&p, Some(&format!("a=1&{q}")), Secrets::default()),
                 Some("a=1".into()),
                 "{q}"
             );
         }
         let odd = h(&[(KEY, "1"), ("Cookie", &format!("s={enc}")), ("X-Ok", "100%zz")]);
         assert_eq!(
-            names(&outbound_headers(&p, &odd, &public_forward(), None, false, None)),
+            names(&outbound_headers(
+                &p,
+                &odd,
+                &public_forward(),
+                None,
+                false,
+                Secrets::default()
+            )),
             ["x-ok", "keygate-hop"]
         );
         let with_param = policy(json!({"credentials": {"query_param": "api_key"}}));
         assert_eq!(
-            outbound_query(&with_param, Some("api_key=x&q=1"), None),
+            outbound_query(&with_param, Some("api_key=x&q=1"), Secrets::default()),
             Some("q=1".into())
         );
     }
@@ -462,10 +465,14 @@ mod tests {
             ("Authorization", &basic),
             ("X-Ok", "1"),
         ]);
-        let out = outbound_headers(&p, &incoming, &public_forward(), None, false, Some(token));
+        let secrets = Secrets {
+            admin_token: Some(token),
+            tokens: None,
+        };
+        let out = outbound_headers(&p, &incoming, &public_forward(), None, false, secrets);
         assert_eq!(names(&out), ["x-ok", "keygate-hop"]);
         let q = format!("a=1&t={}", token.replace('-', "%2D"));
-        assert_eq!(outbound_query(&p, Some(&q), Some(token)), Some("a=1".into()));
+        assert_eq!(outbound_query(&p, Some(&q), secrets), Some("a=1".into()));
     }
 
     #[test]
@@ -477,7 +484,7 @@ mod tests {
             &public_forward(),
             None,
             false,
-            None,
+            Secrets::default(),
         );
         assert_eq!(out, h(&[("Keygate-Hop", "edge-a, edge-b")]));
     }
@@ -526,19 +533,31 @@ mod tests {
             ("X-Other-Idp", &format!("Bearer {foreign}")),
             ("X-Ok", "eyJ.not.ajwt"),
         ]);
-        let query = Some(format!("access_token={own}&a=1&id_token={foreign}"));
-        let (out, q) = without_own_tokens(Some(&ours), headers.clone(), query.clone());
-        assert_eq!(names(&out), ["x-other-idp", "x-ok"]);
+        let query = format!("access_token={own}&a=1&id_token={foreign}");
+        let p = policy(json!({}));
+        // What the origin receives of `headers` and `query` with `keys` as the signing keys.
+        let outbound = |keys: Option<&TokenKeys>, headers: &[(String, String)], query: &str| {
+            let secrets = Secrets {
+                admin_token: None,
+                tokens: keys,
+            };
+            (
+                outbound_headers(&p, headers, &public_forward(), None, false, secrets),
+                outbound_query(&p, Some(query), secrets),
+            )
+        };
+        let (out, q) = outbound(Some(&ours), &headers, &query);
+        assert_eq!(names(&out), ["x-other-idp", "x-ok", "keygate-hop"]);
         assert_eq!(q, Some(format!("a=1&id_token={foreign}")));
         // After a signing-key rotation the previous key's tokens are still ours.
         let rotated = TokenKeys::from_secret(&format!("{},{}", seed(3), seed(1))).unwrap();
-        let (out, _) = without_own_tokens(Some(&rotated), headers.clone(), None);
-        assert_eq!(names(&out), ["x-other-idp", "x-ok"]);
+        let (out, _) = outbound(Some(&rotated), &headers, "");
+        assert_eq!(names(&out), ["x-other-idp", "x-ok", "keygate-hop"]);
         // Without signing keys there are no own tokens to find.
-        let (out, q) = without_own_tokens(None, headers, query.clone());
-        assert_eq!(out.len(), 5);
-        assert_eq!(q, query);
-        let (_, q) = without_own_tokens(Some(&ours), Vec::new(), Some(format!("t={own}")));
+        let (out, q) = outbound(None, &headers, &query);
+        assert_eq!(out.len(), 6);
+        assert_eq!(q, Some(query.clone()));
+        let (_, q) = outbound(Some(&ours), &[], &format!("t={own}"));
         assert_eq!(q, None);
 
         // Disguised copies: percent-encoded, inside Basic credentials, base64-wrapped, glued to
@@ -562,18 +581,21 @@ mod tests {
             own.replace('.', "\u{3002}"),
         ];
         for d in &disguised {
-            let (out, q) = without_own_tokens(Some(&ours), h(&[("X-T", d)]), Some(format!("a=1&t={d}")));
-            assert!(out.is_empty(), "{d} reached the origin in a header");
+            let (out, q) = outbound(Some(&ours), &h(&[("X-T", d)]), &format!("a=1&t={d}"));
+            assert_eq!(names(&out), ["keygate-hop"], "{d} reached the origin in a header");
             assert_eq!(q.as_deref(), Some("a=1"), "{d} reached the origin in the query");
         }
         // A cookie list loses the token cookie only.
-        let (out, _) = without_own_tokens(
+        let (out, _) = outbound(
             Some(&ours),
-            h(&[("Cookie", &format!("session=abc; at={own}; theme=dark"))]),
-            None,
+            &h(&[("Cookie", &format!("session=abc; at={own}; theme=dark"))]),
+            "",
         );
-        assert_eq!(out, h(&[("Cookie", "session=abc; theme=dark")]));
-        let (out, _) = without_own_tokens(Some(&ours), h(&[("Cookie", &format!("at={own}"))]), None);
-        assert!(out.is_empty());
+        assert_eq!(
+            out,
+            h(&[("Cookie", "session=abc; theme=dark"), ("Keygate-Hop", "keygate")])
+        );
+        let (out, _) = outbound(Some(&ours), &h(&[("Cookie", &format!("at={own}"))]), "");
+        assert_eq!(names(&out), ["keygate-hop"]);
     }
 }
